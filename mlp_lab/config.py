@@ -1,0 +1,115 @@
+"""Typed schemas of `conf/`: Hydra checks types while composing, `__post_init__` checks values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from mlp_lab.data import DATASETS
+from mlp_lab.losses import LOSSES
+from mlp_lab.model import ACTIVATIONS
+from mlp_lab.module import OPTIMIZERS
+
+
+class ConfigError(ValueError):
+    """A config value outside its allowed range; the message names the key and what is allowed."""
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def _one_of(key: str, value: str, names) -> None:
+    _require(value in names, key, value, f"use one of {', '.join(names)}")
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    root: str | None = None  # None: $MLP_LAB_DATA, else data/ in the project
+    batch_size: int = 256
+    eval_batch_size: int = 5000  # evaluation batches are large: no gradients to keep
+    val_size: int = 5000  # images held out of the official training set
+    download: bool = True  # try torchvision's download before the offline packages
+
+    def __post_init__(self):
+        _one_of("data.name", self.name, DATASETS)
+        for key in ("batch_size", "eval_batch_size", "val_size"):
+            value = getattr(self, key)
+            _require(value > 0, f"data.{key}", value, "a positive integer")
+
+
+@dataclass
+class ModelConfig:
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    activation: str = "relu"
+    init_std: float | None = 0.01  # None: torch's default initialisation
+    normalize: bool = True  # standardise inputs with the dataset's mean and std
+
+    def __post_init__(self):
+        ok = len(self.hidden) > 0 and all(w > 0 for w in self.hidden)
+        _require(ok, "model.hidden", list(self.hidden), "a non-empty list of positive widths")
+        _one_of("model.activation", self.activation, ACTIVATIONS)
+        if self.init_std is not None:
+            _require(self.init_std > 0, "model.init_std", self.init_std, "a positive float or null")
+
+
+@dataclass
+class LossConfig:
+    name: str = "ce"
+
+    def __post_init__(self):
+        _one_of("loss.name", self.name, LOSSES)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.0  # SGD only
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        _one_of("optimizer.name", self.name, OPTIMIZERS)
+        _require(self.lr > 0, "optimizer.lr", self.lr, "a positive float")
+        _require(0 <= self.momentum < 1, "optimizer.momentum", self.momentum, "0 <= momentum < 1")
+        _require(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, ">= 0")
+
+
+@dataclass
+class TrainerConfig:
+    """Passed to `lightning.Trainer` as keyword arguments."""
+
+    max_epochs: int = 10
+    accelerator: str = "auto"
+    devices: Any = 1
+    precision: Any = "32-true"
+    deterministic: Any = False
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = True
+    num_sanity_val_steps: int = 2
+    log_every_n_steps: int = 50
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+
+    def __post_init__(self):
+        _require(self.max_epochs > 0, "trainer.max_epochs", self.max_epochs, "a positive integer")
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = MISSING
+    model: ModelConfig = MISSING
+    loss: LossConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    seed: int = 42
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
