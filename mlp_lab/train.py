@@ -97,7 +97,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
         class_names=dm.class_names,
     )
     widths = "-".join(map(str, [dm.in_features, *cfg.model.hidden, dm.num_classes]))
-    log.info("MLP %s %s: %d parameters", widths, cfg.model.activation, module.num_parameters)
+    log.info("MLP %s %s: %s parameters", widths, cfg.model.activation, f"{module.num_parameters:,}")
 
     history = EpochHistory()
     checkpoint = ModelCheckpoint(
