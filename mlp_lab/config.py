@@ -9,8 +9,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from mlp_lab.data import DATASETS
-from mlp_lab.losses import LOSSES
-from mlp_lab.model import ACTIVATIONS
+from mlp_lab.losses import L2_COVERS, LOSSES, TARGETS, loss_options
+from mlp_lab.model import ACTIVATIONS, IMPLS
 from mlp_lab.module import OPTIMIZERS
 
 
@@ -49,21 +49,44 @@ class ModelConfig:
     activation: str = "relu"
     init_std: float | None = 0.01  # None: torch's default initialisation
     normalize: bool = True  # standardise inputs with the dataset's mean and std
+    dropout: float = 0.0  # drop probability after each hidden activation
+    batch_norm: bool = False  # after each hidden linear layer, before its activation
+    impl: str = "torch"  # torch modules, or the lab's hand-written operations ("scratch")
 
     def __post_init__(self):
         ok = len(self.hidden) > 0 and all(w > 0 for w in self.hidden)
         _require(ok, "model.hidden", list(self.hidden), "a non-empty list of positive widths")
         _one_of("model.activation", self.activation, ACTIVATIONS)
+        _one_of("model.impl", self.impl, IMPLS)
+        _require(0 <= self.dropout < 1, "model.dropout", self.dropout, "0 <= dropout < 1")
         if self.init_std is not None:
             _require(self.init_std > 0, "model.init_std", self.init_std, "a positive float or null")
 
 
 @dataclass
 class LossConfig:
+    """Every loss's options; a loss is given only those its constructor takes."""
+
     name: str = "ce"
+    on: str = "logits"  # mse/mae/huber: compare the one-hot target with logits or probs
+    delta: float = 1.0  # huber: where the square turns linear
+    alpha: float = 0.25  # focal: class weight
+    gamma: float = 2.0  # focal: focusing exponent; 0 gives alpha * cross-entropy
+    lam: float = 0.01  # ce_l2: weight of the squared L2 norm
+    covers: str = "all"  # ce_l2: "all" parameters (the lab) or only the weight matrices
 
     def __post_init__(self):
         _one_of("loss.name", self.name, LOSSES)
+        _one_of("loss.on", self.on, TARGETS)
+        _one_of("loss.covers", self.covers, L2_COVERS)
+        _require(self.delta > 0, "loss.delta", self.delta, "a positive float")
+        _require(self.alpha > 0, "loss.alpha", self.alpha, "a positive float")
+        _require(self.gamma >= 0, "loss.gamma", self.gamma, ">= 0")
+        _require(self.lam >= 0, "loss.lam", self.lam, ">= 0")
+
+    def params(self) -> dict:
+        accepted = loss_options(self.name)
+        return {k: v for k, v in vars(self).items() if k in accepted}
 
 
 @dataclass

@@ -1,7 +1,13 @@
-"""The multilayer perceptron: images in [0, 1] to class logits, built from a list of widths."""
+"""The multilayer perceptron: images in [0, 1] to class logits, built from a list of widths.
+
+Two implementations of the same layers: `torch` (nn.Linear, nn.BatchNorm1d, nn.Dropout) and
+`scratch`, the lab's hand-written operations (`X @ W + b`, `max(x, 0)`, inverted dropout,
+batch norm).
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -16,16 +22,82 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "elu": nn.ELU,
     "silu": nn.SiLU,
 }
+IMPLS = ("torch", "scratch")
 
 
-def build_activation(name: str) -> nn.Module:
+class ScratchLinear(nn.Module):
+    """`X @ W + b` with W stored as in × out, as the lab wrote it."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        # torch's default initialisation of nn.Linear amounts to U(-1/√in, 1/√in) for both.
+        bound = 1 / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.empty(in_features, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight + self.bias
+
+
+class ScratchReLU(nn.Module):
+    """max(x, 0)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Written as a select, not torch.maximum, so the gradient at exactly 0 is 0 as in torch's
+        # ReLU; torch.maximum would split it, 0.5 to each side.
+        return torch.where(x > 0, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+class ScratchDropout(nn.Module):
+    """Inverted dropout: a Bernoulli(1 - p) keep mask scaled by 1/(1 - p), in training only."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        mask = torch.empty_like(x).bernoulli_(1 - self.p)
+        return x * mask / (1 - self.p)
+
+
+class ScratchBatchNorm(nn.Module):
+    """Batch norm over the batch dimension with learnable γ/β and running statistics for eval."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            mean = x.mean(0)
+            var = ((x - mean) ** 2).mean(0)
+            with torch.no_grad():  # like torch: the running variance is the unbiased estimate
+                n = x.shape[0]
+                unbiased = var * n / max(n - 1, 1)
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(unbiased, self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        return self.weight * (x - mean) / torch.sqrt(var + self.eps) + self.bias
+
+
+def build_activation(name: str, impl: str = "torch") -> nn.Module:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
+    # The lab wrote ReLU by hand and took the other activations from torch.
+    if impl == "scratch" and name == "relu":
+        return ScratchReLU()
     return ACTIVATIONS[name]()
 
 
 class MLP(nn.Module):
-    """Normalise, flatten, then Linear → activation for each hidden width and a Linear to logits."""
+    """Normalise, flatten, then per hidden width: Linear → [BatchNorm] → activation → [Dropout]."""
 
     def __init__(
         self,
@@ -36,23 +108,39 @@ class MLP(nn.Module):
         init_std: float | None = 0.01,
         mean: float = 0.0,
         std: float = 1.0,
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        impl: str = "torch",
     ):
         super().__init__()
+        if impl not in IMPLS:
+            raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
+        scratch = impl == "scratch"
+        linear = ScratchLinear if scratch else nn.Linear
+        norm = ScratchBatchNorm if scratch else nn.BatchNorm1d
+        drop = ScratchDropout if scratch else nn.Dropout
         # Buffers, so a checkpoint alone maps [0, 1] images to logits.
         self.register_buffer("mean", torch.tensor(float(mean)))
         self.register_buffer("std", torch.tensor(float(std)))
         layers: list[nn.Module] = []
         width_in = in_features
         for width in hidden:
-            layers += [nn.Linear(width_in, width), build_activation(activation)]
+            layers.append(linear(width_in, width))
+            if batch_norm:
+                layers.append(norm(width))
+            layers.append(build_activation(activation, impl))
+            if dropout > 0:
+                layers.append(drop(dropout))
             width_in = width
-        layers.append(nn.Linear(width_in, num_classes))
+        layers.append(linear(width_in, num_classes))
         self.layers = nn.Sequential(*layers)
         if init_std is not None:  # the lab's N(0, init_std²) weights and zero biases
-            for layer in self.layers:
-                if isinstance(layer, nn.Linear):
-                    nn.init.normal_(layer.weight, std=init_std)
-                    nn.init.zeros_(layer.bias)
+            for layer in self.linear_layers():
+                nn.init.normal_(layer.weight, std=init_std)
+                nn.init.zeros_(layer.bias)
+
+    def linear_layers(self) -> list[nn.Module]:
+        return [m for m in self.layers if isinstance(m, nn.Linear | ScratchLinear)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(x.shape[0], -1)

@@ -9,7 +9,7 @@ import torch
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mlp_lab.losses import build_loss
+from mlp_lab.losses import build_loss, loss_options
 from mlp_lab.model import MLP
 
 STAGES = ("train", "val", "test")
@@ -28,7 +28,11 @@ class MLPClassifier(L.LightningModule):
         init_std: float | None = 0.01,
         mean: float = 0.0,
         std: float = 1.0,
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        impl: str = "torch",
         loss: str = "ce",
+        loss_params: dict | None = None,
         optimizer: str = "sgd",
         lr: float = 0.1,
         momentum: float = 0.0,
@@ -38,8 +42,21 @@ class MLPClassifier(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.model = MLP(in_features, hidden, num_classes, activation, init_std, mean, std)
-        self.criterion = build_loss(loss)
+        self.model = MLP(
+            in_features,
+            hidden,
+            num_classes,
+            activation=activation,
+            init_std=init_std,
+            mean=mean,
+            std=std,
+            dropout=dropout,
+            batch_norm=batch_norm,
+            impl=impl,
+        )
+        # A loss that penalises parameters (ce_l2) is handed the model.
+        uses_model = {"model": self.model} if "model" in loss_options(loss) else {}
+        self.criterion = build_loss(loss, **(loss_params or {}), **uses_model)
         # One metric object per stage, so running states never mix; torchmetrics syncs them across
         # processes under DDP.
         for stage in STAGES:

@@ -137,3 +137,20 @@ def test_one_epoch_on_real_fashion_mnist(real_data_root, tmp_path):
     assert record["dataset"] == "fashion_mnist" and record["params"] == 269_322
     assert record["best_val_acc"] >= 0.75
     assert 0.7 <= record["test_acc"] <= 1 and 0 < record["test_loss"] < 1.5
+
+
+def test_study_sweep_runs_every_variant(synthetic_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    overrides = fast_overrides(synthetic_root, "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}")
+    result = run_cli("-m", "experiment=width", *overrides)
+    assert result.returncode == 0, result.stderr[-2000:]
+    hidden = [json.loads((sweep / str(n) / "metrics.json").read_text())["hidden"] for n in range(3)]
+    assert hidden == [[256, 256], [512, 256], [256, 128]]
+
+
+def test_scratch_network_with_dropout_and_batch_norm_trains(synthetic_root, tmp_path):
+    overrides = ["model.impl=scratch", "model.dropout=0.2", "model.batch_norm=true"]
+    cfg = make_config(*fast_overrides(synthetic_root, "trainer.max_epochs=2", *overrides))
+    record = train(cfg, tmp_path / "run")
+    assert record["impl"] == "scratch" and record["best_val_acc"] > 0.9
+    assert record["history"][-1]["train_loss"] < record["history"][0]["train_loss"]
