@@ -41,7 +41,8 @@ class MLPClassifier(L.LightningModule):
         class_names: Sequence[str] = (),
     ):
         super().__init__()
-        self.save_hyperparameters()
+        # In the checkpoint; the logger gets the run's whole config, with its results, at the end.
+        self.save_hyperparameters(logger=False)
         self.model = MLP(
             in_features,
             hidden,

@@ -17,14 +17,17 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
+from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from mlp_lab.config import ConfigError, TrainConfig, register
 from mlp_lab.data import DataError, MNISTDataModule
 from mlp_lab.module import MLPClassifier
+from mlp_lab.report import plot_confusion, plot_curves, plot_predictions
 
 log = logging.getLogger(__name__)
 MONITOR = "val/acc"
@@ -62,6 +65,8 @@ class EpochHistory(L.Callback):
                 f"training loss is {metrics['train/loss']} at epoch {epoch}: lower optimizer.lr "
                 "or change the loss; the checkpoints of earlier epochs are kept"
             )
+        if trainer.logger is not None:
+            trainer.logger.log_metrics({"time/epoch_s": seconds}, step=trainer.global_step)
         self.epochs.append(
             {
                 "epoch": epoch,
@@ -117,7 +122,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
         **asdict(cfg.trainer),
         default_root_dir=run_dir,
         logger=logger,
-        callbacks=[checkpoint, history],
+        callbacks=[checkpoint, history, LearningRateMonitor(logging_interval="epoch")],
     )
 
     fit_start = time.perf_counter()
@@ -151,7 +156,30 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
         "checkpoint": str(Path(checkpoint.best_model_path).relative_to(run_dir)),
     }
     (run_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    # The HPARAMS tab compares a sweep's runs: the settings with their final metrics, logged once.
+    finals = {f"final/{k}": record[k] for k in ("best_val_acc", "test_acc", "test_loss")}
+    logger.log_hyperparams(asdict(cfg), metrics=finals)
+    save_figures(module, dm, history.epochs, run_dir, logger)
     return record
+
+
+def save_figures(module, dm, history, run_dir: Path, logger, n: int = 12) -> None:
+    """curves.png, predictions.png and confusion.png in the run directory and in TensorBoard."""
+    x, y = dm.splits["test"]
+    module.eval()
+    with torch.no_grad():
+        batches = dm.test_dataloader()
+        preds = torch.cat([module(xb.to(module.device)).argmax(1).cpu() for xb, _ in batches])
+    x, y = x[:n].cpu(), y.cpu()
+    names = dm.class_names
+    matrix = multiclass_confusion_matrix(preds, y, len(names))
+    figures = {
+        "curves": plot_curves(history, run_dir / "curves.png"),
+        "predictions": plot_predictions(x, y[:n], preds[:n], names, run_dir / "predictions.png", n),
+        "confusion": plot_confusion(matrix, names, run_dir / "confusion.png"),
+    }
+    for name, figure in figures.items():
+        logger.experiment.add_figure(name, figure, close=False)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

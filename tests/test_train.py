@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 from conftest import fast_overrides, make_config
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mlp_lab.data import PROJECT_DIR, idx_files, load_split
 from mlp_lab.module import MLPClassifier
@@ -65,7 +66,22 @@ def test_training_lowers_loss_and_records_the_run(synthetic_root, tmp_path):
         all(e["epoch_time_s"] > 0 for e in history)
         and record["wall_time_s"] >= record["fit_time_s"]
     )
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    for figure in ("curves", "predictions", "confusion"):
+        assert (run_dir / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
+
+    # TensorBoard's own reader finds the same per-epoch values, the figures and the hparams.
+    events = EventAccumulator(
+        str(run_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0}
+    )
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert [e.value for e in events.Scalars("val/acc")] == pytest.approx(
+        [e["val_acc"] for e in history], abs=1e-6
+    )
+    assert len(events.Scalars("train/loss")) == len(events.Scalars("time/epoch_s")) == 3
+    assert "lr-SGD" in scalars and {"test/acc", "test/loss"} <= set(scalars)
+    assert {"curves", "predictions", "confusion"} <= set(events.Tags()["images"])
+    assert events.PluginTagToContent("hparams")
 
     # test_acc is the best checkpoint's accuracy on the official test split, recomputed here.
     ckpt = run_dir / record["checkpoint"]

@@ -1,0 +1,305 @@
+"""Figures of one run, and the report that compares runs.
+
+    python -m mlp_lab.report outputs/studies/batch_norm/2026-11-28_17-06-41 [more dirs] [--out DIR]
+
+A directory is a run (it holds `.hydra/`), a sweep (numbered runs beside `multirun.yaml`), or any
+folder above them. Runs are grouped by sweep, variants by the overrides that differ between runs,
+and seeds are averaged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import platform
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import torch
+import yaml
+
+# Figure objects rather than pyplot: no global figure registry, no GUI backend, nothing to close.
+from matplotlib.figure import Figure
+
+log = logging.getLogger(__name__)
+
+COLUMNS = (
+    "variant",
+    "seeds",
+    "params",
+    "best val acc",
+    "best epoch",
+    "test acc",
+    "s/epoch",
+    "total s",
+)
+# Overrides that change how a run is shown, not what it computes.
+COSMETIC = ("experiment", "trainer.enable_progress_bar", "trainer.enable_model_summary", "hydra.")
+
+
+def plot_curves(history: list[dict], path: Path | None = None):
+    """Loss and accuracy per epoch, train and validation, like the lab's plots."""
+    epochs = [e["epoch"] for e in history]
+    fig = Figure(figsize=(10, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
+        ax.plot(
+            epochs, [e[f"train_{metric}"] for e in history], "o-", ms=3, label=f"train {metric}"
+        )
+        ax.plot(epochs, [e[f"val_{metric}"] for e in history], "s-", ms=3, label=f"val {metric}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss" if metric == "loss" else "accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_predictions(images, targets, preds, class_names, path: Path | None = None, n: int = 12):
+    """The first n images titled "true: X / pred: Y"; wrong predictions in red."""
+    n = min(n, len(images))
+    cols = min(n, 6)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(1.9 * cols, 2.3 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        true, pred = class_names[int(targets[i])], class_names[int(preds[i])]
+        wrong = int(targets[i]) != int(preds[i])
+        ax.imshow(images[i].reshape(28, 28).cpu().numpy(), cmap="binary")
+        title = f"true: {true}\npred: {pred}" + (" ✗" if wrong else "")
+        ax.set_title(title, fontsize=8, color="red" if wrong else "black")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_confusion(matrix, class_names, path: Path | None = None):
+    """Counts of true class (rows) against predicted class (columns)."""
+    matrix = torch.as_tensor(matrix).cpu().numpy()
+    k = len(class_names)
+    fig = Figure(figsize=(7, 6))
+    ax = fig.subplots()
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = matrix.max() / 2
+    for i in range(k):
+        for j in range(k):
+            value = int(matrix[i, j])
+            color = "white" if value > threshold else "black"
+            ax.text(j, i, value, ha="center", va="center", fontsize=7, color=color)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: Path | None):
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+@dataclass
+class Run:
+    path: Path
+    record: dict
+    overrides: dict[str, str]
+
+
+@dataclass
+class Study:
+    name: str
+    path: Path
+    runs: list[Run] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+
+
+def find_studies(dirs: list[Path]) -> list[Study]:
+    """Every run below the given directories, grouped by the sweep (or single run) it belongs to."""
+    studies: dict[Path, Study] = {}
+    for directory in dirs:
+        if not directory.is_dir():
+            raise FileNotFoundError(f"{directory} is not a directory")
+        run_dirs = [p.parent for p in sorted(directory.rglob(".hydra"))]
+        for run_dir in run_dirs:
+            is_job = (run_dir.parent / "multirun.yaml").is_file()
+            home = run_dir.parent if is_job else run_dir
+            overrides = _overrides(run_dir)
+            name = overrides.get("experiment") or home.name
+            study = studies.setdefault(home, Study(name, home))
+            metrics = run_dir / "metrics.json"
+            try:
+                study.runs.append(Run(run_dir, json.loads(metrics.read_text()), overrides))
+            except (OSError, json.JSONDecodeError):
+                study.skipped.append(run_dir)
+    if not studies:
+        raise FileNotFoundError(
+            f"no runs (directories with .hydra/) in {', '.join(map(str, dirs))}: "
+            "give run or sweep directories, e.g. outputs/studies/<study>/<time>"
+        )
+    return sorted(studies.values(), key=lambda s: str(s.path))
+
+
+def _overrides(run_dir: Path) -> dict[str, str]:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    items = (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
+    pairs = (item.split("=", 1) for item in items if "=" in item)
+    return {k.lstrip("+~"): v for k, v in pairs}
+
+
+def swept_keys(runs: list[Run]) -> list[str]:
+    """Override keys whose value differs between runs, seeds and cosmetic settings excepted."""
+    keys = {k for run in runs for k in run.overrides if k != "seed" and not k.startswith(COSMETIC)}
+    keys = sorted(keys)
+    return [k for k in keys if len({run.overrides.get(k) for run in runs}) > 1]
+
+
+@dataclass
+class Variant:
+    label: str
+    runs: list[Run]
+
+    def values(self, key: str) -> list[float]:
+        return [run.record[key] for run in self.runs]
+
+    def mean_std(self, key: str) -> tuple[float, float]:
+        values = self.values(key)
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    def interval(self, key: str) -> tuple[float, float] | None:
+        """mean ± 2·std/√n; None with a single seed, whose noise cannot be told."""
+        if len(self.runs) < 2:
+            return None
+        mean, std = self.mean_std(key)
+        half = 2 * std / math.sqrt(len(self.runs))
+        return mean - half, mean + half
+
+    def curve(self, key: str) -> list[float]:
+        """Per-epoch mean over seeds, as long as the shortest run."""
+        histories = [run.record["history"] for run in self.runs]
+        length = min(len(h) for h in histories)
+        return [statistics.fmean(h[i][key] for h in histories) for i in range(length)]
+
+
+def variants(study: Study) -> list[Variant]:
+    keys = swept_keys(study.runs)
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for run in study.runs:
+        label = ", ".join(f"{k}={run.overrides.get(k, '-')}" for k in keys) or "all runs"
+        groups[label].append(run)
+    return [Variant(label, runs) for label, runs in groups.items()]
+
+
+def _fmt(variant: Variant, key: str, digits: int = 4) -> str:
+    mean, std = variant.mean_std(key)
+    return (
+        f"{mean:.{digits}f} ± {std:.{digits}f}" if len(variant.runs) > 1 else f"{mean:.{digits}f}"
+    )
+
+
+def study_table(study: Study) -> str:
+    groups = variants(study)
+    best = max(groups, key=lambda v: v.mean_std("best_val_acc")[0])
+    best_interval = best.interval("best_val_acc")
+    header = (*COLUMNS, "vs best")
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for v in groups:
+        interval = v.interval("best_val_acc")
+        if len(groups) == 1:
+            verdict = "-"
+        elif v is best:
+            verdict = "best"
+        elif interval is None or best_interval is None:
+            verdict = "one seed: noise unknown"
+        elif interval[1] >= best_interval[0]:
+            verdict = "within noise"
+        else:
+            verdict = "worse"
+        epochs = "/".join(str(e) for e in v.values("best_epoch"))
+        lines.append(
+            f"| {v.label} | {len(v.runs)} | {v.runs[0].record['params']:,} | "
+            f"{_fmt(v, 'best_val_acc')} | {epochs} | {_fmt(v, 'test_acc')} | "
+            f"{_fmt(v, 'mean_epoch_time_s', 2)} | {_fmt(v, 'wall_time_s', 1)} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_study(study: Study, path: Path | None = None):
+    """Validation accuracy and training loss per epoch of each variant (mean over seeds)."""
+    fig = Figure(figsize=(11, 4))
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    for v in variants(study):
+        for ax, key in ((ax_acc, "val_acc"), (ax_loss, "train_loss")):
+            curve = v.curve(key)
+            ax.plot(range(1, len(curve) + 1), curve, "o-", ms=2, label=v.label)
+    ax_acc.set_ylabel("validation accuracy")
+    ax_loss.set_ylabel("training loss")
+    ax_loss.set_yscale("log")
+    for ax in (ax_acc, ax_loss):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(study.name)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def write_report(dirs: list[Path], out: Path) -> Path:
+    """Write report.md and one figure per study into `out`; return the report's path."""
+    studies = find_studies(dirs)
+    out.mkdir(parents=True, exist_ok=True)
+    n_runs = sum(len(s.runs) for s in studies)
+    lines = [
+        "# mlp_lab report",
+        "",
+        f"{n_runs} runs in {len(studies)} studies, {date.today()}, on {_machine()}. "
+        "Test accuracy is the checkpoint with the best validation accuracy; with several seeds, "
+        "mean ± std, and a variant is *within noise* of the best when their mean ± 2·std/√n "
+        "intervals of best val accuracy overlap.",
+    ]
+    for study in studies:
+        lines += ["", f"## {study.name}", "", f"`{study.path}`", ""]
+        if study.runs:
+            figure = f"{study.name}.png"
+            plot_study(study, out / figure)
+            lines += [study_table(study), "", f"![{study.name}]({figure})"]
+        if study.skipped:
+            lines += ["", "Skipped (no metrics.json: crashed or unfinished):"]
+            lines += [f"- `{path}`" for path in study.skipped]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
+
+
+def _machine() -> str:
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()}, {torch.get_num_threads()} CPU threads, {device}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("dirs", nargs="+", type=Path, help="run, sweep or parent directories")
+    parser.add_argument(
+        "--out", type=Path, help="where report.md goes (default: the first directory)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        report = write_report(args.dirs, args.out or args.dirs[0])
+    except FileNotFoundError as err:
+        sys.exit(f"error: {err}")
+    print(report)
+
+
+if __name__ == "__main__":
+    main()

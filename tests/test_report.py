@@ -1,0 +1,200 @@
+import json
+import os
+import subprocess
+import sys
+
+import matplotlib.colors as mcolors
+import pytest
+import torch
+import yaml
+
+from mlp_lab.data import PROJECT_DIR
+from mlp_lab.report import (
+    find_studies,
+    plot_confusion,
+    plot_predictions,
+    study_table,
+    write_report,
+)
+
+
+def fake_run(path, overrides, val_acc, test_acc, epochs=3, finished=True):
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra/overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if not finished:
+        return
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 1 / e,
+            "train_acc": 0.5,
+            "val_loss": 1.0,
+            "val_acc": val_acc - 0.01 * (epochs - e),
+        }
+        for e in range(1, epochs + 1)
+    ]
+    record = {
+        "params": 1000,
+        "history": history,
+        "best_val_acc": val_acc,
+        "best_epoch": epochs,
+        "test_acc": test_acc,
+        "mean_epoch_time_s": 1.5,
+        "wall_time_s": 10.0,
+    }
+    (path / "metrics.json").write_text(json.dumps(record))
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """A 2-variant × 2-seed sweep of batch norm, plus one crashed job."""
+    root = tmp_path / "batch_norm/2026-01-01_00-00-00"
+    root.mkdir(parents=True)
+    (root / "multirun.yaml").write_text("{}")
+    values = {
+        ("false", 0): (0.86, 0.85),
+        ("false", 1): (0.87, 0.86),
+        ("true", 0): (0.89, 0.88),
+        ("true", 1): (0.90, 0.89),
+    }
+    for n, ((bn, seed), (val, test)) in enumerate(values.items()):
+        overrides = ["experiment=batch_norm", f"model.batch_norm={bn}", f"seed={seed}"]
+        fake_run(root / str(n), overrides, val, test)
+    fake_run(
+        root / "4",
+        ["experiment=batch_norm", "model.batch_norm=true", "seed=2"],
+        0,
+        0,
+        finished=False,
+    )
+    return root
+
+
+def test_runs_group_by_sweep_and_variants_average_seeds(sweep):
+    (study,) = find_studies([sweep.parent])
+    assert study.name == "batch_norm" and len(study.runs) == 4 and study.skipped == [sweep / "4"]
+    rows = study_table(study).splitlines()[2:]
+    assert len(rows) == 2
+    # Seeds 0 and 1: mean 0.865, sample std 0.00707; test 0.855 ± 0.00707.
+    assert rows[0].startswith(
+        "| model.batch_norm=false | 2 | 1,000 | 0.8650 ± 0.0071 | 3/3 | 0.8550 ± 0.0071 |"
+    )
+    assert rows[1].startswith(
+        "| model.batch_norm=true | 2 | 1,000 | 0.8950 ± 0.0071 | 3/3 | 0.8850 ± 0.0071 |"
+    )
+    # Intervals 0.865 ± 0.01 and 0.895 ± 0.01 do not overlap.
+    assert rows[0].endswith("| worse |") and rows[1].endswith("| best |")
+
+
+def test_overlapping_intervals_are_within_noise(tmp_path):
+    root = tmp_path / "sweep"
+    root.mkdir()
+    (root / "multirun.yaml").write_text("{}")
+    for n, (width, seed, val) in enumerate(
+        [(1, 0, 0.80), (1, 1, 0.90), (2, 0, 0.84), (2, 1, 0.88)]
+    ):
+        fake_run(root / str(n), [f"model.hidden=[{width}]", f"seed={seed}"], val, val)
+    (study,) = find_studies([root])
+    verdicts = [row.rsplit("|", 2)[1].strip() for row in study_table(study).splitlines()[2:]]
+    assert verdicts == ["within noise", "best"]
+
+
+def test_report_writes_markdown_and_overlay_figure(sweep, tmp_path):
+    out = tmp_path / "out"
+    report = write_report([sweep], out)
+    text = report.read_text()
+    assert (
+        "## batch_norm" in text
+        and "0.8950 ± 0.0071" in text
+        and "![batch_norm](batch_norm.png)" in text
+    )
+    assert f"- `{sweep / '4'}`" in text  # the crashed run is listed, not fatal
+    assert (out / "batch_norm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_cli_errors_on_a_directory_without_runs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "mlp_lab.report", str(tmp_path)], capture_output=True, text=True
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: no runs (directories with .hydra/) in {tmp_path}")
+
+
+def test_prediction_grid_titles_and_marks_wrong_predictions():
+    images = torch.rand(3, 784)
+    names = ["T-shirt/top", "Trouser", "Pullover"]
+    fig = plot_predictions(images, torch.tensor([0, 1, 2]), torch.tensor([0, 2, 2]), names, n=3)
+    titles = [ax.title for ax in fig.axes if ax.get_title()]
+    assert [t.get_text() for t in titles] == [
+        "true: T-shirt/top\npred: T-shirt/top",
+        "true: Trouser\npred: Pullover ✗",
+        "true: Pullover\npred: Pullover",
+    ]
+    assert [mcolors.to_hex(t.get_color()) for t in titles] == ["#000000", "#ff0000", "#000000"]
+
+
+def test_confusion_figure_prints_every_count():
+    matrix = torch.tensor([[5, 1], [0, 7]])
+    fig = plot_confusion(matrix, ["a", "b"])
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == ["0", "1", "5", "7"]
+
+
+@pytest.mark.real_data
+def test_report_on_a_real_two_seed_batch_norm_sweep(real_data_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m",
+        "experiment=batch_norm",
+        "seed=0,1",
+        f"data.root={real_data_root}",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=40",
+        "trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    train = subprocess.run(
+        [sys.executable, "-m", "mlp_lab.train", *args],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_DIR,
+    )
+    assert train.returncode == 0, train.stderr[-2000:]
+    result = subprocess.run(
+        [sys.executable, "-m", "mlp_lab.report", str(sweep)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = (sweep / "report.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| model.batch_norm=")]
+    assert len(rows) == 2 and all(row.count(" ± ") == 4 and "| 2 |" in row for row in rows)
+    assert (sweep / "batch_norm.png").is_file()
+
+
+@pytest.mark.real_data
+def test_notebook_runs_headless_on_a_real_run(real_data_root, tmp_path):
+    import nbformat
+    from conftest import make_config
+    from nbclient import NotebookClient
+
+    from mlp_lab.train import train
+
+    cfg = make_config(
+        f"data.root={real_data_root}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=30",
+        "trainer.enable_progress_bar=false",
+    )
+    train(cfg, tmp_path / "runs/one")
+    (tmp_path / "runs/one/.hydra").mkdir()
+    (tmp_path / "runs/one/.hydra/overrides.yaml").write_text("[]")
+    nb = nbformat.read(PROJECT_DIR / "notebooks/analysis.ipynb", as_version=4)
+    os.environ["MLP_LAB_RUNS"] = str(tmp_path / "runs")
+    try:
+        NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    finally:
+        del os.environ["MLP_LAB_RUNS"]
+    printed = "".join(o.get("text", "") for cell in nb.cells for o in cell.get("outputs", []))
+    assert "1 runs in 1 studies" in printed
+    images = [
+        o for cell in nb.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})
+    ]
+    assert len(images) >= 2
