@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +78,9 @@ def fast_overrides(root: Path, *extra: str) -> list[str]:
         "trainer.log_every_n_steps=1",
         *extra,
     ]
+
+
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m module args...` from the project directory, output captured."""
+    command = [sys.executable, "-m", module, *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_DIR)

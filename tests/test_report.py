@@ -1,12 +1,11 @@
 import json
 import os
-import subprocess
-import sys
 
 import matplotlib.colors as mcolors
 import pytest
 import torch
 import yaml
+from conftest import run_module
 
 from mlp_lab.data import PROJECT_DIR
 from mlp_lab.report import (
@@ -113,9 +112,7 @@ def test_report_writes_markdown_and_overlay_figure(sweep, tmp_path):
 
 
 def test_report_cli_errors_on_a_directory_without_runs(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "mlp_lab.report", str(tmp_path)], capture_output=True, text=True
-    )
+    result = run_module("mlp_lab.report", str(tmp_path))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"error: no runs (directories with .hydra/) in {tmp_path}")
 
@@ -152,16 +149,9 @@ def test_report_on_a_real_two_seed_batch_norm_sweep(real_data_root, tmp_path):
         "trainer.enable_progress_bar=false",
         f"hydra.sweep.dir={sweep}",
     ]
-    train = subprocess.run(
-        [sys.executable, "-m", "mlp_lab.train", *args],
-        capture_output=True,
-        text=True,
-        cwd=PROJECT_DIR,
-    )
+    train = run_module("mlp_lab.train", *args)
     assert train.returncode == 0, train.stderr[-2000:]
-    result = subprocess.run(
-        [sys.executable, "-m", "mlp_lab.report", str(sweep)], capture_output=True, text=True
-    )
+    result = run_module("mlp_lab.report", str(sweep))
     assert result.returncode == 0, result.stderr[-2000:]
     text = (sweep / "report.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| model.batch_norm=")]

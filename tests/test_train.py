@@ -1,14 +1,11 @@
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import fast_overrides, make_config
+from conftest import fast_overrides, make_config, run_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mlp_lab.data import PROJECT_DIR, idx_files, load_split
+from mlp_lab.data import idx_files, load_split
 from mlp_lab.module import MLPClassifier
 from mlp_lab.train import TrainingDiverged, train
 
@@ -30,16 +27,6 @@ RECORD_KEYS = {
     "checkpoint",
 }
 EPOCH_KEYS = {"train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s"}
-
-
-def run_cli(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "mlp_lab.train", *args],
-        capture_output=True,
-        text=True,
-        cwd=PROJECT_DIR,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def test_training_lowers_loss_and_records_the_run(synthetic_root, tmp_path):
@@ -111,8 +98,9 @@ def test_diverging_loss_stops_with_clear_error_and_keeps_checkpoints(synthetic_r
 
 
 def test_cli_trains_and_prints_one_summary_line(synthetic_root, tmp_path):
-    result = run_cli(
-        *fast_overrides(synthetic_root, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}")
+    result = run_module(
+        "mlp_lab.train",
+        *fast_overrides(synthetic_root, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}"),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     last = result.stdout.strip().splitlines()[-1]
@@ -122,7 +110,7 @@ def test_cli_trains_and_prints_one_summary_line(synthetic_root, tmp_path):
 
 @pytest.mark.parametrize("override", ["optimizer.lr=-0.1", "model.hidden=[]", "data.batch_size=0"])
 def test_cli_config_error_is_one_line_without_traceback(override, tmp_path):
-    result = run_cli(override, f"hydra.run.dir={tmp_path}")
+    result = run_module("mlp_lab.train", override, f"hydra.run.dir={tmp_path}")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
@@ -132,7 +120,9 @@ def test_cli_config_error_is_one_line_without_traceback(override, tmp_path):
 def test_cli_corrupt_dataset_stops_before_training(synthetic_root, tmp_path):
     path = synthetic_root / "FashionMNIST/raw" / idx_files("train")[1]
     path.write_bytes(b"\x00\x00\x08\x03" + path.read_bytes()[4:])
-    result = run_cli(*fast_overrides(synthetic_root), f"hydra.run.dir={tmp_path / 'run'}")
+    result = run_module(
+        "mlp_lab.train", *fast_overrides(synthetic_root), f"hydra.run.dir={tmp_path / 'run'}"
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith(f"error: {path} is not an IDX file") and "make data" in error
@@ -158,7 +148,7 @@ def test_one_epoch_on_real_fashion_mnist(real_data_root, tmp_path):
 def test_study_sweep_runs_every_variant(synthetic_root, tmp_path):
     sweep = tmp_path / "sweep"
     overrides = fast_overrides(synthetic_root, "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}")
-    result = run_cli("-m", "experiment=width", *overrides)
+    result = run_module("mlp_lab.train", "-m", "experiment=width", *overrides)
     assert result.returncode == 0, result.stderr[-2000:]
     hidden = [json.loads((sweep / str(n) / "metrics.json").read_text())["hidden"] for n in range(3)]
     assert hidden == [[256, 256], [512, 256], [256, 128]]
