@@ -40,7 +40,7 @@ lab: data
 		$(PY) -m mlp_lab.train -m experiment=$$study seed=$(SEEDS) hydra.sweep.dir=$(LAB)/$$study \
 			trainer.enable_progress_bar=false $(ARGS) || exit 1; \
 	done
-	$(PY) -m mlp_lab.report $(LAB)/* --out $(LAB)
+	$(PY) -m mlp_lab.report $(LAB)/*/ --out $(LAB)
 
 # Tests read the real datasets from ../shared/data when it is there (as in CI).
 test: $(STAMP)

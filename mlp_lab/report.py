@@ -129,7 +129,7 @@ def find_studies(dirs: list[Path]) -> list[Study]:
     for directory in dirs:
         if not directory.is_dir():
             raise FileNotFoundError(f"{directory} is not a directory")
-        run_dirs = [p.parent for p in sorted(directory.rglob(".hydra"))]
+        run_dirs = sorted((p.parent for p in directory.rglob(".hydra")), key=_job_order)
         for run_dir in run_dirs:
             is_job = (run_dir.parent / "multirun.yaml").is_file()
             home = run_dir.parent if is_job else run_dir
@@ -147,6 +147,11 @@ def find_studies(dirs: list[Path]) -> list[Study]:
             "give run or sweep directories, e.g. outputs/studies/<study>/<time>"
         )
     return sorted(studies.values(), key=lambda s: str(s.path))
+
+
+def _job_order(path: Path) -> tuple:
+    """Sweep jobs in launch order: 2 before 10."""
+    return (str(path.parent), int(path.name) if path.name.isdigit() else -1, path.name)
 
 
 def _overrides(run_dir: Path) -> dict[str, str]:

@@ -19,7 +19,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics.functional.classification import multiclass_confusion_matrix
@@ -118,11 +118,13 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
         save_last=True,
     )
     logger = TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False)
+    trainer_args = asdict(cfg.trainer)
+    refresh_rate = trainer_args.pop("progress_bar_refresh_rate")
+    callbacks = [checkpoint, history, LearningRateMonitor(logging_interval="epoch")]
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=refresh_rate))
     trainer = L.Trainer(
-        **asdict(cfg.trainer),
-        default_root_dir=run_dir,
-        logger=logger,
-        callbacks=[checkpoint, history, LearningRateMonitor(logging_interval="epoch")],
+        **trainer_args, default_root_dir=run_dir, logger=logger, callbacks=callbacks
     )
 
     fit_start = time.perf_counter()
