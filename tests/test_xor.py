@@ -1,0 +1,75 @@
+import pytest
+from conftest import run_module
+
+from mlp_lab.xor import XORConfig, XORNet, interact, solves, train_xor, truth_table
+
+ALWAYS = 16  # hidden units that solved XOR for every seed tried (see README)
+
+
+def test_network_is_the_labs_2_5_1():
+    model = XORNet(5)
+    assert sum(p.numel() for p in model.parameters()) == 2 * 5 + 5 + 5 * 1 + 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_wide_enough_network_solves_xor(seed):
+    model, loss = train_xor(XORConfig(hidden=ALWAYS), seed)
+    assert solves(model) and loss < 1e-3
+    rows = truth_table(model).splitlines()[1:]
+    assert [row.split("|")[-1].strip() for row in rows] == ["0", "1", "1", "0"]
+
+
+def test_interactive_loop_answers_rejects_bad_input_and_ends_on_eof():
+    model, _ = train_xor(XORConfig(hidden=ALWAYS), 0)
+    answers = iter(["0", "1", "2", "1", "1", "", "1", "yes", "0"])
+    prompts, printed = [], []
+
+    def read(prompt):
+        prompts.append(prompt)
+        try:
+            return next(answers)
+        except StopIteration:
+            raise EOFError from None
+
+    interact(model, read, printed.append)
+    predictions = [line.split()[1] for line in printed if line.startswith("prediction")]
+    assert predictions == ["1", "0", "1"]
+    assert printed[1] == "'2' is not 0 or 1: type 0, 1, or q to quit"
+    assert sum("not 0 or 1" in line for line in printed) == 3 and printed[-1] == "bye"
+    assert prompts[:3] == [
+        "first number (0 or 1): ",
+        "second number (0 or 1): ",
+        "first number (0 or 1): ",
+    ]
+
+
+def test_cli_predicts_one_answer_and_stops_interaction_on_q():
+    result = run_module("mlp_lab.xor", f"xor.hidden={ALWAYS}", "xor.predict=[1,0]")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("epoch   1000/10000  loss") and len(lines) == 10 + 5 + 1
+    assert lines[-1].startswith("1 xor 0 -> 1")
+
+
+def test_cli_interactive_flag_reads_stdin():
+    import subprocess
+    import sys
+
+    from mlp_lab.data import PROJECT_DIR
+
+    command = [sys.executable, "-m", "mlp_lab.xor", "--interactive", f"xor.hidden={ALWAYS}"]
+    result = subprocess.run(
+        command, input="1\n1\nq\n", capture_output=True, text=True, cwd=PROJECT_DIR
+    )
+    assert result.returncode == 0, result.stderr
+    assert "prediction: 0" in result.stdout and result.stdout.rstrip().endswith("bye")
+
+
+def test_cli_counts_solved_seeds_and_rejects_bad_values():
+    result = run_module("mlp_lab.xor", f"xor.hidden={ALWAYS}", "xor.seeds=2", "xor.epochs=3000")
+    assert result.stdout.splitlines()[-1] == f"2/2 seeds solved XOR with {ALWAYS} hidden units"
+    bad = run_module("mlp_lab.xor", "xor.hidden=0")
+    assert (
+        bad.returncode == 1
+        and bad.stderr.strip() == "error: xor.hidden=0 is not allowed: a positive integer"
+    )
