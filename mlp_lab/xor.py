@@ -28,7 +28,7 @@ class XORConfig:
     hidden: int = 5  # the lab's width; 5 units die often enough to fail on some seeds
     lr: float = 0.1
     epochs: int = 10_000
-    seed: int = 0
+    seed: int = 1  # seed 0 is one of the two in twenty where 5 units fail (see README)
     seeds: int = 1  # train seeds seed, seed+1, ... and count how many solve XOR
     log_every: int = 1_000  # epochs between loss lines; 0 for none
     predict: list[int] | None = None  # e.g. [0, 1]: print one prediction
@@ -139,6 +139,8 @@ def main(cfg: DictConfig) -> None:
         return
     model, _ = train_xor(xor, xor.seed, echo=print)
     print(truth_table(model))
+    if not solves(model):
+        print("not solved: a ReLU unit died in training; try another xor.seed or more xor.hidden")
     if xor.predict is not None:
         raw, rounded = predict(model, *xor.predict)
         print(f"{xor.predict[0]} xor {xor.predict[1]} -> {rounded}  (output {raw:.4f})")

@@ -73,3 +73,9 @@ def test_cli_counts_solved_seeds_and_rejects_bad_values():
         bad.returncode == 1
         and bad.stderr.strip() == "error: xor.hidden=0 is not allowed: a positive integer"
     )
+
+
+def test_cli_says_when_the_labs_network_fails_to_solve_it():
+    result = run_module("mlp_lab.xor", "xor.seed=0", "xor.log_every=0")  # seed 0: a dead unit
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].startswith("not solved: a ReLU unit died in training")
