@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from omegaconf import MISSING, OmegaConf
 
 from mlp_lab.data import DATASETS
 from mlp_lab.losses import L2_COVERS, LOSSES, TARGETS, loss_options
@@ -112,6 +114,8 @@ class TrainerConfig:
     devices: Any = 1
     precision: Any = "32-true"
     deterministic: Any = False
+    strategy: Any = "auto"  # "ddp": one process per device (conf/trainer/ddp.yaml)
+    num_nodes: int = 1
     enable_progress_bar: bool = True
     # Not a Trainer argument: train.py gives it to the progress bar. Redrawing the bar every step
     # costs about 5 % of an epoch for this small network.
@@ -135,7 +139,57 @@ class TrainConfig:
     optimizer: OptimizerConfig = MISSING
     trainer: TrainerConfig = MISSING
     seed: int = 42
+    # Threads of this run's tensor operations; None: torch's default (every core). Parallel sweep
+    # jobs should share the cores: joblib's n_jobs × num_threads = the number of cores.
+    num_threads: int | None = None
+    resume: str | None = None  # a run directory: continue it from its last.ckpt, in place
+    ckpt_path: str | None = None  # a checkpoint: continue training from it in a new run
+
+    def __post_init__(self):
+        if self.num_threads is not None:
+            _require(self.num_threads > 0, "num_threads", self.num_threads, "a positive integer")
+        _require(
+            not (self.resume and self.ckpt_path),
+            "ckpt_path",
+            self.ckpt_path,
+            "give resume=<run dir> or ckpt_path=<file>, not both",
+        )
+
+
+class SweepError(ConfigError):
+    """A setting that no job of a sweep could run with: the whole sweep stops."""
+
+
+def check_sweep(strategy: str, launcher: str) -> None:
+    """Refuse DDP inside a sweep unless SLURM starts its processes."""
+    # Lightning's DDP starts each extra process by running this command line again, which inside
+    # a sweep would start the whole sweep again; under SLURM every task is already a process of
+    # its own and nothing is re-run.
+    if strategy.startswith("ddp") and not ("Slurm" in launcher or SLURMEnvironment.detect()):
+        raise SweepError(
+            f"trainer.strategy={strategy} cannot run inside a sweep (-m): Lightning would start "
+            "the whole sweep again in each extra process. Run each setting as its own "
+            "`python -m mlp_lab.train trainer=ddp ...`, or sweep on a SLURM cluster with "
+            "hydra/launcher=slurm (tasks_per_node = devices)"
+        )
+
+
+def is_run_dir(path: str | None) -> bool:
+    return bool(path) and (Path(path) / ".hydra" / "config.yaml").is_file()
+
+
+def _run_dir(resume: str | None, new: str) -> str:
+    # A wrong resume= gets a new directory, where train.py records the error, rather than
+    # Hydra creating the mistyped path.
+    return resume if is_run_dir(resume) else new
+
+
+def _output_subdir(resume: str | None, now: str) -> str:
+    # A resumed run keeps the Hydra record of its first start and files its own beside it.
+    return f".hydra/resumed_{now}" if is_run_dir(resume) else ".hydra"
 
 
 def register() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True)
+    OmegaConf.register_new_resolver("output_subdir", _output_subdir, replace=True)

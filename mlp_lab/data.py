@@ -200,23 +200,49 @@ def load_split(name: str, root: Path | str, split: str) -> tuple[torch.Tensor, t
 
 
 class TensorBatches:
-    """Mini-batches sliced from in-memory tensors; a new permutation on each pass when shuffling."""
+    """Mini-batches sliced from in-memory tensors, in a new seeded order each epoch when shuffling.
 
-    def __init__(self, x, y, batch_size: int, shuffle: bool = False, generator=None):
+    The order of epoch e depends only on (seed, e), so a resumed run sees the batches an
+    uninterrupted one would; under DDP each of the world_size ranks takes every world_size-th
+    image of that order, like torch's DistributedSampler.
+    """
+
+    def __init__(
+        self, x, y, batch_size: int, shuffle: bool = False, seed: int = 0, rank=0, world_size=1
+    ):
         self.x, self.y, self.batch_size = x, y, batch_size
-        self.shuffle, self.generator = shuffle, generator
+        self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
+        self.epoch = 0
+
+    # A DataLoader's two attributes that Lightning reads: it calls `loader.sampler.set_epoch(e)`
+    # before each epoch, and there is no batch sampler.
+    batch_sampler = None
+
+    @property
+    def sampler(self) -> TensorBatches:
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _rows(self) -> int:
+        # Every rank gets as many batches, so no rank waits on a gradient the others never send.
+        return len(self.x) // self.world_size if self.shuffle else len(self.x)
 
     def __len__(self) -> int:
-        return -(-len(self.x) // self.batch_size)
+        return -(-self._rows() // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n, bs = len(self.x), self.batch_size
+        bs = self.batch_size
         if not self.shuffle:
-            for start in range(0, n, bs):
+            for start in range(0, len(self.x), bs):
                 yield self.x[start : start + bs], self.y[start : start + bs]
             return
-        order = torch.randperm(n, generator=self.generator).to(self.x.device)
-        for start in range(0, n, bs):
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(len(self.x), generator=gen)
+        order = order[self.rank : self.rank + self.world_size * self._rows() : self.world_size]
+        order = order.to(self.x.device)
+        for start in range(0, len(order), bs):
             idx = order[start : start + bs]
             # index_select is several times faster than `x[idx]` for row gathers on the CPU.
             yield self.x.index_select(0, idx), self.y.index_select(0, idx)
@@ -268,15 +294,27 @@ class MNISTDataModule(L.LightningDataModule):
         }
         self.splits = {k: (a.to(device), b.to(device)) for k, (a, b) in splits.items()}
 
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+
     def train_dataloader(self) -> TensorBatches:
-        gen = torch.Generator().manual_seed(self.seed)
-        return TensorBatches(*self.splits["train"], self.batch_size, shuffle=True, generator=gen)
+        rank, world_size = self._world()
+        x, y = self.splits["train"]
+        return TensorBatches(x, y, self.batch_size, True, self.seed, rank, world_size)
+
+    def _eval_batches(self, split: str) -> TensorBatches:
+        # Under DDP each rank evaluates a disjoint slice and torchmetrics adds up the counts, so
+        # the metrics are those of the whole split.
+        rank, world_size = self._world()
+        x, y = (part.tensor_split(world_size)[rank] for part in self.splits[split])
+        return TensorBatches(x, y, self.eval_batch_size)
 
     def val_dataloader(self) -> TensorBatches:
-        return TensorBatches(*self.splits["val"], self.eval_batch_size)
+        return self._eval_batches("val")
 
     def test_dataloader(self) -> TensorBatches:
-        return TensorBatches(*self.splits["test"], self.eval_batch_size)
+        return self._eval_batches("test")
 
 
 def main() -> None:

@@ -86,7 +86,9 @@ class MLPClassifier(L.LightningModule):
     def _log_epoch(self, stage: str) -> None:
         for name in ("loss", "acc"):
             metric = getattr(self, f"{stage}_{name}")
-            self.log(f"{stage}/{name}", metric.compute())
+            # compute() has already gathered every process's counts under DDP, so every rank holds
+            # the same value; sync_dist only tells Lightning so (a mean of equal numbers).
+            self.log(f"{stage}/{name}", metric.compute(), sync_dist=True)
             metric.reset()
 
     def training_step(self, batch, batch_idx):

@@ -40,7 +40,13 @@ COLUMNS = (
     "total s",
 )
 # Overrides that change how a run is shown, not what it computes.
-COSMETIC = ("experiment", "trainer.enable_progress_bar", "trainer.enable_model_summary", "hydra.")
+COSMETIC = (
+    "experiment",
+    "hparams_search",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "hydra.",
+)
 
 
 def plot_curves(history: list[dict], path: Path | None = None):
@@ -120,7 +126,7 @@ class Study:
     name: str
     path: Path
     runs: list[Run] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
+    skipped: dict[Path, str] = field(default_factory=dict)  # run directory: why
 
 
 def find_studies(dirs: list[Path]) -> list[Study]:
@@ -138,9 +144,16 @@ def find_studies(dirs: list[Path]) -> list[Study]:
             study = studies.setdefault(home, Study(name, home))
             metrics = run_dir / "metrics.json"
             try:
-                study.runs.append(Run(run_dir, json.loads(metrics.read_text()), overrides))
+                record = json.loads(metrics.read_text())
             except (OSError, json.JSONDecodeError):
-                study.skipped.append(run_dir)
+                study.skipped[run_dir] = "no metrics.json: crashed or still running"
+                continue
+            status = record.get("status", "completed")
+            if status == "completed":
+                study.runs.append(Run(run_dir, record, overrides))
+            else:
+                reason = record.get("error") or f"{len(record.get('history', []))} epochs so far"
+                study.skipped[run_dir] = f"{status}: {reason}"
     if not studies:
         raise FileNotFoundError(
             f"no runs (directories with .hydra/) in {', '.join(map(str, dirs))}: "
@@ -278,8 +291,8 @@ def write_report(dirs: list[Path], out: Path) -> Path:
             plot_study(study, out / figure)
             lines += [study_table(study), "", f"![{study.name}]({figure})"]
         if study.skipped:
-            lines += ["", "Skipped (no metrics.json: crashed or unfinished):"]
-            lines += [f"- `{path}`" for path in study.skipped]
+            lines += ["", "Not in the table (failed, interrupted or unfinished):"]
+            lines += [f"- `{path}`: {why}" for path, why in study.skipped.items()]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report

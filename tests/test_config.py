@@ -3,7 +3,7 @@ from conftest import make_config
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ValidationError
 
-from mlp_lab.config import ConfigError
+from mlp_lab.config import ConfigError, SweepError, check_sweep
 
 
 def test_default_config_is_the_lab_baseline():
@@ -123,3 +123,54 @@ def test_wrong_type_and_unknown_key_fail_at_composition():
     assert isinstance(err.value.__cause__, ValidationError)
     with pytest.raises(ConfigCompositionException, match="model.hiden"):
         make_config("model.hiden=[3]")
+
+
+def _with_hydra(*overrides):
+    from conftest import CONF_DIR
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_optuna_search_maximises_val_acc_in_a_sqlite_study():
+    cfg = _with_hydra("hparams_search=optuna")
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.mode.name == "MULTIRUN"
+    assert sweeper.direction == "maximize" and sweeper.n_trials == 20
+    assert (
+        sweeper.storage == "sqlite:///outputs/optuna.db" and sweeper.study_name == "fashion_mnist"
+    )
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler"
+    assert set(sweeper.params) == {
+        "optimizer.lr",
+        "optimizer.weight_decay",
+        "model.dropout",
+        "model.hidden",
+        "model.batch_norm",
+    }
+    assert sweeper.params["optimizer.lr"].startswith("tag(log")
+    assert _with_hydra().hydra.sweeper._target_.endswith("BasicSweeper")  # off by default
+
+
+def test_slurm_launcher_config_names_the_cluster_settings():
+    launcher = _with_hydra("hydra/launcher=slurm", "hydra.launcher.partition=gpu").hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
+    assert (launcher.gpus_per_node, launcher.cpus_per_task, launcher.timeout_min) == (1, 4, 60)
+
+
+def test_ddp_trainer_runs_two_processes():
+    cfg = make_config("trainer=ddp")
+    assert (cfg.trainer.strategy, cfg.trainer.devices, cfg.trainer.num_nodes) == ("ddp", 2, 1)
+
+
+def test_ddp_is_refused_inside_a_sweep_unless_slurm_starts_the_processes():
+    with pytest.raises(SweepError, match="cannot run inside a sweep"):
+        check_sweep("ddp", "hydra._internal.core_plugins.basic_launcher.BasicLauncher")
+    check_sweep("ddp", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher")
+    check_sweep("auto", "hydra._internal.core_plugins.basic_launcher.BasicLauncher")
+
+
+def test_resume_and_ckpt_path_exclude_each_other():
+    with pytest.raises(ConfigError, match="not both"):
+        make_config("resume=outputs/runs/a", "ckpt_path=a.ckpt")

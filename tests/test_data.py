@@ -1,5 +1,6 @@
 import gzip
 import shutil
+import types
 
 import numpy as np
 import pytest
@@ -39,17 +40,46 @@ def test_split_is_seeded_disjoint_and_complete(synthetic_root):
     assert len(torch.unique(every, dim=0)) == len(torch.unique(full, dim=0))
 
 
-def test_batches_cover_every_row_once_and_reshuffle_each_pass():
+def test_batches_cover_every_row_once_in_an_order_set_by_seed_and_epoch():
     x = torch.arange(10).float().unsqueeze(1)
-    batches = TensorBatches(
-        x, x.squeeze(1).long(), 4, shuffle=True, generator=torch.Generator().manual_seed(0)
-    )
-    assert len(batches) == 3
-    first = torch.cat([xb for xb, _ in batches]).squeeze(1)
-    second = torch.cat([xb for xb, _ in batches]).squeeze(1)
-    assert sorted(first.tolist()) == list(range(10)) == sorted(second.tolist())
-    assert not torch.equal(first, second)
-    assert all(torch.equal(xb.squeeze(1).long(), yb) for xb, yb in batches)
+
+    def order(seed, epoch):
+        batches = TensorBatches(x, x.squeeze(1).long(), 4, shuffle=True, seed=seed)
+        batches.set_epoch(epoch)
+        assert len(batches) == 3
+        assert all(torch.equal(xb.squeeze(1).long(), yb) for xb, yb in batches)
+        return torch.cat([xb for xb, _ in batches]).squeeze(1).tolist()
+
+    assert sorted(order(0, 0)) == list(range(10)) == sorted(order(0, 1))
+    # The same (seed, epoch) gives the same order, as a resumed run needs; any change reshuffles.
+    assert order(0, 1) == order(0, 1)
+    assert order(0, 0) != order(0, 1) and order(0, 1) != order(1, 1)
+
+
+def test_ddp_ranks_take_disjoint_equal_shards_of_each_epoch():
+    x = torch.arange(11).float()
+    shards = []
+    for rank in range(2):
+        batches = TensorBatches(x, x, 2, shuffle=True, seed=3, rank=rank, world_size=2)
+        batches.set_epoch(5)
+        assert len(batches) == 3  # 5 rows each: the eleventh is left out, as in DistributedSampler
+        shards.append(torch.cat([xb for xb, _ in batches]).tolist())
+    assert len(shards[0]) == len(shards[1]) == 5 and not set(shards[0]) & set(shards[1])
+    whole = TensorBatches(x, x, 11, shuffle=True, seed=3)
+    whole.set_epoch(5)
+    ((everything, _),) = list(whole)
+    assert shards[0] + shards[1] == everything[0:10:2].tolist() + everything[1:10:2].tolist()
+
+
+def test_ddp_ranks_evaluate_disjoint_slices_that_make_up_the_split(synthetic_root):
+    dm = MNISTDataModule("mnist", synthetic_root, val_size=201, eval_batch_size=64)
+    dm.setup()
+    parts = []
+    for rank in range(2):
+        dm.trainer = types.SimpleNamespace(global_rank=rank, world_size=2)
+        parts.append([yb for _, yb in dm.val_dataloader()])
+    assert [sum(map(len, p)) for p in parts] == [101, 100]
+    assert torch.equal(torch.cat(parts[0] + parts[1]), dm.splits["val"][1])
 
 
 def test_unshuffled_batches_keep_order():

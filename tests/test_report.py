@@ -46,7 +46,7 @@ def fake_run(path, overrides, val_acc, test_acc, epochs=3, finished=True):
 
 @pytest.fixture
 def sweep(tmp_path):
-    """A 2-variant × 2-seed sweep of batch norm, plus one crashed job."""
+    """A 2-variant × 2-seed sweep of batch norm, plus a crashed job and a diverged one."""
     root = tmp_path / "batch_norm/2026-01-01_00-00-00"
     root.mkdir(parents=True)
     (root / "multirun.yaml").write_text("{}")
@@ -66,12 +66,20 @@ def sweep(tmp_path):
         0,
         finished=False,
     )
+    diverged = root / "5"
+    fake_run(diverged, ["experiment=batch_norm", "optimizer.lr=100", "seed=0"], 0, 0, False)
+    failure = {"status": "failed", "error": "training loss is nan at epoch 1", "history": []}
+    (diverged / "metrics.json").write_text(json.dumps(failure))
     return root
 
 
 def test_runs_group_by_sweep_and_variants_average_seeds(sweep):
     (study,) = find_studies([sweep.parent])
-    assert study.name == "batch_norm" and len(study.runs) == 4 and study.skipped == [sweep / "4"]
+    assert study.name == "batch_norm" and len(study.runs) == 4
+    assert study.skipped == {
+        sweep / "4": "no metrics.json: crashed or still running",
+        sweep / "5": "failed: training loss is nan at epoch 1",
+    }
     rows = study_table(study).splitlines()[2:]
     assert len(rows) == 2
     # Seeds 0 and 1: mean 0.865, sample std 0.00707; test 0.855 ± 0.00707.
@@ -107,7 +115,9 @@ def test_report_writes_markdown_and_overlay_figure(sweep, tmp_path):
         and "0.8950 ± 0.0071" in text
         and "![batch_norm](batch_norm.png)" in text
     )
-    assert f"- `{sweep / '4'}`" in text  # the crashed run is listed, not fatal
+    # Runs that did not finish are listed with the reason, not fatal.
+    assert f"- `{sweep / '4'}`: no metrics.json" in text
+    assert f"- `{sweep / '5'}`: failed: training loss is nan at epoch 1" in text
     assert (out / "batch_norm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

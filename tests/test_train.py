@@ -1,13 +1,21 @@
 import json
+import signal
+import subprocess
+import sys
+import time
 
+import optuna
 import pytest
 import torch
+import yaml
 from conftest import fast_overrides, make_config, run_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mlp_lab.data import idx_files, load_split
+from mlp_lab.config import ConfigError
+from mlp_lab.data import PROJECT_DIR, MNISTDataModule, idx_files, load_split
 from mlp_lab.module import MLPClassifier
-from mlp_lab.train import TrainingDiverged, train
+from mlp_lab.report import find_studies
+from mlp_lab.train import TrainingDiverged, resumed_config, train
 
 RECORD_KEYS = {
     "dataset",
@@ -88,13 +96,15 @@ def test_same_seed_same_run(synthetic_root, tmp_path):
     assert a["test_acc"] == b["test_acc"]
 
 
-def test_diverging_loss_stops_with_clear_error_and_keeps_checkpoints(synthetic_root, tmp_path):
+def test_diverging_loss_stops_with_clear_error_and_saves_no_broken_checkpoint(
+    synthetic_root, tmp_path
+):
     cfg = make_config(*fast_overrides(synthetic_root, "trainer.max_epochs=4", "optimizer.lr=1e12"))
     with pytest.raises(
         TrainingDiverged, match=r"training loss is nan at epoch 1: lower optimizer.lr"
     ):
         train(cfg, tmp_path / "run")
-    assert (tmp_path / "run/checkpoints/last.ckpt").is_file()
+    assert not list((tmp_path / "run").rglob("*.ckpt"))  # the NaN weights are never saved
 
 
 def test_cli_trains_and_prints_one_summary_line(synthetic_root, tmp_path):
@@ -160,3 +170,174 @@ def test_scratch_network_with_dropout_and_batch_norm_trains(synthetic_root, tmp_
     record = train(cfg, tmp_path / "run")
     assert record["impl"] == "scratch" and record["best_val_acc"] > 0.9
     assert record["history"][-1]["train_loss"] < record["history"][0]["train_loss"]
+
+
+def _metrics(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def _weights(run_dir):
+    return torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
+
+
+def test_sigterm_then_resume_ends_as_an_uninterrupted_run(synthetic_root, tmp_path):
+    # Batches of 4 make an epoch last about a second, long enough to stop the run inside epoch 3.
+    # Dropout draws from the random state, which the resumed run must continue too.
+    overrides = fast_overrides(
+        synthetic_root, "trainer.max_epochs=4", "data.batch_size=4", "model.dropout=0.2"
+    )
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert run_module("mlp_lab.train", *overrides, f"hydra.run.dir={whole}").returncode == 0
+
+    command = [sys.executable, "-m", "mlp_lab.train", *overrides, f"hydra.run.dir={stopped}"]
+    proc = subprocess.Popen(command, cwd=PROJECT_DIR, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        metrics = stopped / "metrics.json"
+        if metrics.is_file() and len(_metrics(stopped)["history"]) >= 2:
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.02)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 1, stderr[-2000:]
+    assert f"continue with `python -m mlp_lab.train resume={stopped}`" in stderr
+    record = _metrics(stopped)
+    assert record["status"] == "interrupted" and 2 <= len(record["history"]) < 4
+
+    resumed = run_module("mlp_lab.train", f"resume={stopped}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    record, reference = _metrics(stopped), _metrics(whole)
+    assert record["status"] == "completed" and [e["epoch"] for e in record["history"]] == [
+        1,
+        2,
+        3,
+        4,
+    ]
+    strip = ("epoch_time_s",)
+    assert [{k: v for k, v in e.items() if k not in strip} for e in record["history"]] == [
+        {k: v for k, v in e.items() if k not in strip} for e in reference["history"]
+    ]
+    a, b = _weights(stopped), _weights(whole)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert record["test_acc"] == reference["test_acc"]
+    # One TensorBoard log, continued: four val/acc points, the first run's .hydra kept.
+    events = EventAccumulator(str(stopped / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/acc")] == [
+        e.step for e in EventAccumulator(str(whole / "tensorboard")).Reload().Scalars("val/acc")
+    ]
+    assert yaml.safe_load((stopped / ".hydra/overrides.yaml").read_text()) == overrides[:]
+    assert list((stopped / ".hydra").glob("resumed_*/overrides.yaml"))
+
+
+def test_resume_keeps_the_saved_config_and_refuses_group_changes(synthetic_root, tmp_path):
+    run = tmp_path / "run"
+    overrides = fast_overrides(synthetic_root, "trainer.max_epochs=1", "model.hidden=[32]")
+    assert run_module("mlp_lab.train", *overrides, f"hydra.run.dir={run}").returncode == 0
+    before = (run / "metrics.json").read_text()
+
+    cfg = resumed_config(run, [f"resume={run}", "trainer.max_epochs=3"])
+    assert cfg.model.hidden == [32] and cfg.trainer.max_epochs == 3 and cfg.resume == str(run)
+    with pytest.raises(ConfigError, match="model=wide cannot change the saved config"):
+        resumed_config(run, ["model=wide"])
+
+    result = run_module("mlp_lab.train", f"resume={run}", "model=wide")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert (run / "metrics.json").read_text() == before  # the finished run's record is untouched
+    result = run_module("mlp_lab.train", f"resume={run}", "trainer.max_epochs=2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [e["epoch"] for e in _metrics(run)["history"]] == [1, 2]
+
+
+def test_nan_job_fails_cleanly_while_its_sibling_succeeds(synthetic_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    overrides = fast_overrides(
+        synthetic_root, "trainer.max_epochs=2", "model.init_std=null", f"hydra.sweep.dir={sweep}"
+    )
+    result = run_module("mlp_lab.train", "-m", "optimizer.lr=1e12,0.1", *overrides)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: training loss is nan at epoch 1: lower optimizer.lr" in result.stderr
+    failed, done = _metrics(sweep / "0"), _metrics(sweep / "1")
+    assert failed["status"] == "failed" and failed["error"].startswith("training loss is nan")
+    assert done["status"] == "completed" and done["best_val_acc"] > 0.9
+    (study,) = find_studies([sweep])
+    assert [run.path for run in study.runs] == [sweep / "1"]
+    assert study.skipped[sweep / "0"].startswith("failed: training loss is nan at epoch 1")
+
+
+def test_ddp_inside_a_sweep_is_refused_before_any_training(tmp_path):
+    result = run_module(
+        "mlp_lab.train", "-m", "seed=0,1", "trainer=ddp", f"hydra.sweep.dir={tmp_path}"
+    )
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: trainer.strategy=ddp cannot run inside a sweep (-m)")
+    )
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_optuna_search_stopped_and_started_again_continues_its_study(synthetic_root, tmp_path):
+    storage = f"sqlite:///{tmp_path}/search.db"
+    values = []
+    for session, trials in (("first", 3), ("again", 2)):
+        result = run_module(
+            "mlp_lab.train",
+            "hparams_search=optuna",
+            f"hydra.sweeper.n_trials={trials}",
+            f"hydra.sweeper.storage={storage}",
+            f"hydra.sweep.dir={tmp_path / session}",
+            *fast_overrides(synthetic_root, "trainer.max_epochs=1"),
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs = sorted((tmp_path / session).glob("*/metrics.json"))
+        assert len(runs) == trials
+        values += [json.loads(path.read_text())["best_val_acc"] for path in runs]
+    study = optuna.load_study(study_name="fashion_mnist", storage=storage)
+    assert len(study.trials) == 5 and all(t.state.name == "COMPLETE" for t in study.trials)
+    # Each trial's value is its run's best val accuracy, the one train.py returns.
+    assert sorted(t.value for t in study.trials) == sorted(values)
+    assert f"Best value: {max(values)}" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], ["hydra/launcher=submitit_local"]],
+)
+def test_parallel_and_cluster_launchers_run_every_job(launcher, synthetic_root, tmp_path):
+    overrides = fast_overrides(
+        synthetic_root, "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}"
+    )
+    result = run_module("mlp_lab.train", "-m", "seed=0,1", *launcher, *overrides)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [_metrics(tmp_path / str(n)) for n in range(2)]
+    assert [r["seed"] for r in records] == [0, 1]
+    assert all(r["status"] == "completed" and len(r["history"]) == 1 for r in records)
+
+
+@pytest.mark.real_data
+def test_ddp_on_two_cpu_processes_logs_the_val_acc_of_its_checkpoint(real_data_root, tmp_path):
+    run = tmp_path / "run"
+    result = run_module(
+        "mlp_lab.train",
+        "trainer=ddp",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        f"data.root={real_data_root}",
+        f"hydra.run.dir={run}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "distributed_backend=gloo" in result.stdout + result.stderr
+    assert result.stdout.count("test_acc=") == 1  # rank 0 alone reports and writes
+    record = _metrics(run)
+    assert (run / "train_ddp_process_1.log").is_file()
+
+    dm = MNISTDataModule("fashion_mnist", real_data_root, seed=42)
+    dm.setup()
+    model = MLPClassifier.load_from_checkpoint(run / record["checkpoint"]).eval()
+    for split, logged in (("val", record["best_val_acc"]), ("test", record["test_acc"])):
+        x, y = dm.splits[split]
+        with torch.no_grad():
+            acc = (model(x).argmax(1) == y).float().mean().item()
+        assert logged == pytest.approx(acc, abs=1e-6), split
