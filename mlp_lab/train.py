@@ -176,6 +176,10 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
         lr=cfg.optimizer.lr,
         momentum=cfg.optimizer.momentum,
         weight_decay=cfg.optimizer.weight_decay,
+        nesterov=cfg.optimizer.nesterov,
+        schedule=cfg.optimizer.schedule,
+        warmup=cfg.optimizer.warmup,
+        max_norm=cfg.model.max_norm,
         dataset=dm.name,
         class_names=dm.class_names,
     )
@@ -349,10 +353,10 @@ def main(cfg: DictConfig) -> float:
         message = f"{'stopped' if isinstance(err, RunInterrupted) else 'error'}: {err}"
         if rank_zero_only.rank == 0:
             _record_error(run_dir, err)
-        if multirun:  # the sweep's other jobs go on
+        if multirun and not isinstance(err, RunInterrupted):  # the sweep's other jobs go on
             log.error(message)
             raise JobFailed(message) from None
-        raise SystemExit(message) from None
+        raise SystemExit(message) from None  # Ctrl-C or SIGTERM stops a sweep too
     if rank_zero_only.rank == 0:
         print(
             f"test_acc={record['test_acc']:.4f} best_val_acc={record['best_val_acc']:.4f} "
