@@ -28,7 +28,8 @@ offline-packages:
 train: data
 	$(PY) -m mlp_lab.train $(ARGS)
 
-STUDIES := $(basename $(notdir $(wildcard conf/experiment/*.yaml)))
+# The best_* experiments are single long runs, not studies of the lab.
+STUDIES := $(filter-out best_%,$(basename $(notdir $(wildcard conf/experiment/*.yaml))))
 LAB := outputs/lab
 SEEDS ?= 0,1
 

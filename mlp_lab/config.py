@@ -13,7 +13,7 @@ from omegaconf import MISSING, OmegaConf
 from mlp_lab.data import DATASETS
 from mlp_lab.losses import L2_COVERS, LOSSES, TARGETS, loss_options
 from mlp_lab.model import ACTIVATIONS, IMPLS
-from mlp_lab.module import OPTIMIZERS
+from mlp_lab.module import OPTIMIZERS, SCHEDULES
 
 
 class ConfigError(ValueError):
@@ -37,9 +37,14 @@ class DataConfig:
     eval_batch_size: int = 5000  # evaluation batches are large: no gradients to keep
     val_size: int = 5000  # images held out of the official training set
     download: bool = True  # try torchvision's download before the offline packages
+    # Training augmentation on the in-memory tensors: each image moved by up to `shift` pixels
+    # in x and y (zeros fill in), and mirrored left-right with probability 1/2 when `flip`.
+    shift: int = 0
+    flip: bool = False
 
     def __post_init__(self):
         _one_of("data.name", self.name, DATASETS)
+        _require(0 <= self.shift < 14, "data.shift", self.shift, "0 <= shift < 14 pixels")
         for key in ("batch_size", "eval_batch_size", "val_size"):
             value = getattr(self, key)
             _require(value > 0, f"data.{key}", value, "a positive integer")
@@ -54,6 +59,9 @@ class ModelConfig:
     dropout: float = 0.0  # drop probability after each hidden activation
     batch_norm: bool = False  # after each hidden linear layer, before its activation
     impl: str = "torch"  # torch modules, or the lab's hand-written operations ("scratch")
+    # Max-norm (Srivastava et al. 2014): after each step, every unit's incoming weight vector
+    # is scaled back to this L2 norm when longer. None: off.
+    max_norm: float | None = None
 
     def __post_init__(self):
         ok = len(self.hidden) > 0 and all(w > 0 for w in self.hidden)
@@ -63,6 +71,8 @@ class ModelConfig:
         _require(0 <= self.dropout < 1, "model.dropout", self.dropout, "0 <= dropout < 1")
         if self.init_std is not None:
             _require(self.init_std > 0, "model.init_std", self.init_std, "a positive float or null")
+        if self.max_norm is not None:
+            _require(self.max_norm > 0, "model.max_norm", self.max_norm, "a positive float or null")
 
 
 @dataclass
@@ -76,6 +86,7 @@ class LossConfig:
     gamma: float = 2.0  # focal: focusing exponent; 0 gives alpha * cross-entropy
     lam: float = 0.01  # ce_l2: weight of the squared L2 norm
     covers: str = "all"  # ce_l2: "all" parameters (the lab) or only the weight matrices
+    label_smoothing: float = 0.0  # ce, ce_l2: weight ε of the uniform part of the target
 
     def __post_init__(self):
         _one_of("loss.name", self.name, LOSSES)
@@ -85,6 +96,8 @@ class LossConfig:
         _require(self.alpha > 0, "loss.alpha", self.alpha, "a positive float")
         _require(self.gamma >= 0, "loss.gamma", self.gamma, ">= 0")
         _require(self.lam >= 0, "loss.lam", self.lam, ">= 0")
+        eps = self.label_smoothing
+        _require(0 <= eps < 1, "loss.label_smoothing", eps, "0 <= label_smoothing < 1")
 
     def params(self) -> dict:
         accepted = loss_options(self.name)
@@ -97,9 +110,22 @@ class OptimizerConfig:
     lr: float = 0.1
     momentum: float = 0.0  # SGD only
     weight_decay: float = 0.0
+    nesterov: bool = False  # SGD with momentum only
+    # The learning rate over the run, stepped every batch: constant ("none", the lab's), cosine
+    # decay to 0, or one-cycle (warm up to lr for warmup of the steps, then anneal to ~0).
+    schedule: str = "none"
+    warmup: float = 0.3  # onecycle: the fraction of steps spent warming up
 
     def __post_init__(self):
         _one_of("optimizer.name", self.name, OPTIMIZERS)
+        _one_of("optimizer.schedule", self.schedule, SCHEDULES)
+        _require(0 < self.warmup < 1, "optimizer.warmup", self.warmup, "0 < warmup < 1")
+        _require(
+            not self.nesterov or (self.name == "sgd" and self.momentum > 0),
+            "optimizer.nesterov",
+            self.nesterov,
+            "only with optimizer=sgd and optimizer.momentum > 0",
+        )
         _require(self.lr > 0, "optimizer.lr", self.lr, "a positive float")
         _require(0 <= self.momentum < 1, "optimizer.momentum", self.momentum, "0 <= momentum < 1")
         _require(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, ">= 0")

@@ -199,6 +199,22 @@ def load_split(name: str, root: Path | str, split: str) -> tuple[torch.Tensor, t
     return images, ds.targets.to(torch.int64)
 
 
+def shift_images(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, size=28) -> torch.Tensor:
+    """Flat square images moved right by dx and down by dy pixels each, zeros filling in."""
+    n, pad = len(x), int(max(dx.abs().max(), dy.abs().max(), 0))
+    images = torch.nn.functional.pad(x.view(n, size, size), (pad, pad, pad, pad))
+    grid = torch.arange(size, device=x.device) + pad
+    rows, cols = grid - dy[:, None], grid - dx[:, None]
+    moved = images[torch.arange(n, device=x.device)[:, None, None], rows[:, :, None], cols[:, None]]
+    return moved.reshape(n, -1)
+
+
+def flip_images(x: torch.Tensor, mask: torch.Tensor, size=28) -> torch.Tensor:
+    """Flat square images mirrored left-right where mask is true."""
+    mirrored = x.view(len(x), size, size).flip(2).reshape(len(x), -1)
+    return torch.where(mask[:, None], mirrored, x)
+
+
 class TensorBatches:
     """Mini-batches sliced from in-memory tensors, in a new seeded order each epoch when shuffling.
 
@@ -208,10 +224,20 @@ class TensorBatches:
     """
 
     def __init__(
-        self, x, y, batch_size: int, shuffle: bool = False, seed: int = 0, rank=0, world_size=1
+        self,
+        x,
+        y,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shift: int = 0,
+        flip: bool = False,
     ):
         self.x, self.y, self.batch_size = x, y, batch_size
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
+        self.shift, self.flip = shift, flip
         self.epoch = 0
 
     # A DataLoader's two attributes that Lightning reads: it calls `loader.sampler.set_epoch(e)`
@@ -245,7 +271,16 @@ class TensorBatches:
         for start in range(0, len(order), bs):
             idx = order[start : start + bs]
             # index_select is several times faster than `x[idx]` for row gathers on the CPU.
-            yield self.x.index_select(0, idx), self.y.index_select(0, idx)
+            yield self._augment(self.x.index_select(0, idx), gen), self.y.index_select(0, idx)
+
+    def _augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        n, s = len(x), self.shift
+        if s:
+            dx, dy = torch.randint(-s, s + 1, (2, n), generator=gen).to(x.device)
+            x = shift_images(x, dx, dy)
+        if self.flip:
+            x = flip_images(x, (torch.rand(n, generator=gen) < 0.5).to(x.device))
+        return x
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -260,12 +295,15 @@ class MNISTDataModule(L.LightningDataModule):
         val_size: int = 5000,
         download: bool = True,
         seed: int = 42,
+        shift: int = 0,
+        flip: bool = False,
     ):
         super().__init__()
         self.name, self.info = name, DATASETS[name]
         self.root = Path(root).expanduser().resolve() if root else default_root()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.download, self.seed = val_size, download, seed
+        self.shift, self.flip = shift, flip
         self.num_classes, self.in_features = len(self.info.classes), 28 * 28
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -301,7 +339,9 @@ class MNISTDataModule(L.LightningDataModule):
     def train_dataloader(self) -> TensorBatches:
         rank, world_size = self._world()
         x, y = self.splits["train"]
-        return TensorBatches(x, y, self.batch_size, True, self.seed, rank, world_size)
+        return TensorBatches(
+            x, y, self.batch_size, True, self.seed, rank, world_size, self.shift, self.flip
+        )
 
     def _eval_batches(self, split: str) -> TensorBatches:
         # Under DDP each rank evaluates a disjoint slice and torchmetrics adds up the counts, so

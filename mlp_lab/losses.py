@@ -23,10 +23,19 @@ def log_softmax(logits: torch.Tensor) -> torch.Tensor:
 
 
 class CrossEntropyLoss(nn.Module):
-    """−log softmax(z)_y."""
+    """−log softmax(z)_y; with label smoothing ε the target is (1 − ε)·one-hot + ε/K."""
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        self.label_smoothing = label_smoothing
 
     def forward(self, logits, target):
-        return -log_softmax(logits).gather(1, target[:, None]).mean()
+        log_p = log_softmax(logits)
+        nll = -log_p.gather(1, target[:, None]).squeeze(1)
+        if not self.label_smoothing:
+            return nll.mean()
+        eps = self.label_smoothing
+        return ((1 - eps) * nll - eps * log_p.mean(dim=1)).mean()
 
 
 class _OneHotLoss(nn.Module):
@@ -83,8 +92,10 @@ class FocalLoss(nn.Module):
 class CrossEntropyL2Loss(CrossEntropyLoss):
     """Cross-entropy + λ·Σ‖W‖² over all the model's parameters (the lab's choice) or its weights."""
 
-    def __init__(self, model: nn.Module, lam: float = 0.01, covers: str = "all"):
-        super().__init__()
+    def __init__(
+        self, model: nn.Module, lam: float = 0.01, covers: str = "all", label_smoothing=0.0
+    ):
+        super().__init__(label_smoothing)
         self.lam, self.covers = lam, covers
         # A list keeps the model out of this module's parameters and state_dict.
         self._model = [model]

@@ -142,6 +142,14 @@ class MLP(nn.Module):
     def linear_layers(self) -> list[nn.Module]:
         return [m for m in self.layers if isinstance(m, nn.Linear | ScratchLinear)]
 
+    @torch.no_grad()
+    def apply_max_norm(self, max_norm: float) -> None:
+        """Scale each unit's incoming weight vector back to L2 norm max_norm where it is longer."""
+        for layer in self.linear_layers():
+            # nn.Linear keeps a unit's weights in a row (out × in), ScratchLinear in a column.
+            dim = 0 if isinstance(layer, nn.Linear) else 1
+            layer.weight.copy_(layer.weight.renorm(2, dim, max_norm))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(x.shape[0], -1)
         return self.layers((x - self.mean) / self.std)

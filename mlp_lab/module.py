@@ -14,6 +14,7 @@ from mlp_lab.model import MLP
 
 STAGES = ("train", "val", "test")
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+SCHEDULES = ("none", "cosine", "onecycle")
 
 
 class MLPClassifier(L.LightningModule):
@@ -37,6 +38,10 @@ class MLPClassifier(L.LightningModule):
         lr: float = 0.1,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
+        nesterov: bool = False,
+        schedule: str = "none",
+        warmup: float = 0.3,
+        max_norm: float | None = None,
         dataset: str = "",
         class_names: Sequence[str] = (),
     ):
@@ -103,6 +108,11 @@ class MLPClassifier(L.LightningModule):
         """Loss and accuracy on the official test set."""
         self._step(batch, "test")
 
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        """Max-norm, when set, right after each optimizer step."""
+        if self.hparams.max_norm:
+            self.model.apply_max_norm(self.hparams.max_norm)
+
     def on_train_epoch_end(self):
         """Log the epoch's training loss and accuracy."""
         self._log_epoch("train")
@@ -120,5 +130,18 @@ class MLPClassifier(L.LightningModule):
         hp = self.hparams
         kwargs = {"lr": hp.lr, "weight_decay": hp.weight_decay}
         if hp.optimizer == "sgd":
-            kwargs["momentum"] = hp.momentum
-        return OPTIMIZERS[hp.optimizer](self.parameters(), **kwargs)
+            kwargs.update(momentum=hp.momentum, nesterov=hp.nesterov)
+        optimizer = OPTIMIZERS[hp.optimizer](self.parameters(), **kwargs)
+        if hp.schedule == "none":
+            return optimizer
+        steps = int(self.trainer.estimated_stepping_batches)
+        if hp.schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        else:
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=hp.lr, total_steps=steps, pct_start=hp.warmup
+            )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from conftest import make_config
 from hydra.errors import ConfigCompositionException, MissingConfigException
@@ -59,11 +61,11 @@ def test_bad_values_fail_naming_key_and_allowed_values(override, message):
 @pytest.mark.parametrize(
     "loss, params",
     [
-        ("ce", {}),
+        ("ce", {"label_smoothing": 0.0}),
         ("mse", {"on": "logits"}),
         ("huber", {"delta": 1.0, "on": "logits"}),
         ("focal", {"alpha": 0.25, "gamma": 2.0}),
-        ("ce_l2", {"lam": 0.01, "covers": "all"}),
+        ("ce_l2", {"lam": 0.01, "covers": "all", "label_smoothing": 0.0}),
     ],
 )
 def test_each_loss_gets_only_its_own_options(loss, params):
@@ -174,3 +176,28 @@ def test_ddp_is_refused_inside_a_sweep_unless_slurm_starts_the_processes():
 def test_resume_and_ckpt_path_exclude_each_other():
     with pytest.raises(ConfigError, match="not both"):
         make_config("resume=outputs/runs/a", "ckpt_path=a.ckpt")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["optimizer.schedule=step"], "optimizer.schedule='step' is not allowed: use one of none"),
+        (["optimizer.nesterov=true"], "optimizer.nesterov=True is not allowed: only with"),
+        (["data.shift=20"], "data.shift=20 is not allowed: 0 <= shift < 14"),
+        (["loss.label_smoothing=1.0"], "loss.label_smoothing=1.0 is not allowed"),
+        (["model.max_norm=0"], "model.max_norm=0.0 is not allowed: a positive float or null"),
+    ],
+)
+def test_training_options_reject_bad_values(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        make_config(*overrides)
+
+
+@pytest.mark.parametrize(
+    "name, dataset", [("best_mnist", "mnist"), ("best_fashion", "fashion_mnist")]
+)
+def test_best_experiments_are_mlps_with_the_fields_options(name, dataset):
+    cfg = make_config(f"experiment={name}")
+    assert cfg.data.name == dataset and cfg.data.shift > 0 and cfg.model.batch_norm
+    assert cfg.optimizer.schedule == "onecycle" and cfg.loss.label_smoothing > 0
+    assert cfg.model.hidden and cfg.trainer.max_epochs <= 60

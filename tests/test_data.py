@@ -156,3 +156,53 @@ def test_real_dataset_sizes_and_normalisation_constants(real_data_root, name):
     full, _ = data.load_split(name, real_data_root, "train")
     assert full.mean().item() == pytest.approx(dm.info.mean, abs=1e-4)
     assert full.std().item() == pytest.approx(dm.info.std, abs=1e-4)
+
+
+def test_shifted_images_are_the_originals_moved_by_the_stated_pixels():
+    x = torch.rand(3, 28 * 28) + 0.1  # no zeros, so the filled-in border shows
+    dx, dy = torch.tensor([2, -1, 0]), torch.tensor([0, 2, -2])
+    moved = data.shift_images(x, dx, dy).view(3, 28, 28)
+    images = x.view(3, 28, 28)
+    for i in range(3):
+        # Pixel (r, c) of the moved image is pixel (r - dy, c - dx) of the original, else 0.
+        expected = torch.zeros(28, 28)
+        for r in range(28):
+            for c in range(28):
+                if 0 <= r - dy[i] < 28 and 0 <= c - dx[i] < 28:
+                    expected[r, c] = images[i, r - dy[i], c - dx[i]]
+        assert torch.equal(moved[i], expected)
+
+
+def test_flip_mirrors_only_the_chosen_images():
+    x = torch.arange(2 * 784).float().view(2, 784)
+    out = data.flip_images(x, torch.tensor([True, False])).view(2, 28, 28)
+    assert torch.equal(out[0], x[0].view(28, 28).flip(1)) and torch.equal(out[1], x[1].view(28, 28))
+
+
+def test_augmented_batches_are_seeded_and_keep_labels():
+    x = torch.rand(40, 784)
+    y = torch.arange(40)
+
+    def epoch(seed, e, **augment):
+        batches = TensorBatches(x, y, 16, shuffle=True, seed=seed, **augment)
+        batches.set_epoch(e)
+        return list(batches)
+
+    plain, moved = epoch(0, 1), epoch(0, 1, shift=2, flip=True)
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(plain, moved, strict=True))
+    again = epoch(0, 1, shift=2, flip=True)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(moved, again, strict=True))
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(plain, moved, strict=True))
+    # Each moved image is its original, shifted by at most 2 pixels and maybe mirrored.
+    for xb, yb in moved:
+        for image, label in zip(xb, yb, strict=True):
+            original = x[label].view(1, 784)
+            candidates = [
+                data.flip_images(
+                    data.shift_images(original, torch.tensor([a]), torch.tensor([b])), m
+                )
+                for a in range(-2, 3)
+                for b in range(-2, 3)
+                for m in (torch.tensor([False]), torch.tensor([True]))
+            ]
+            assert any(torch.equal(image, c[0]) for c in candidates)

@@ -128,3 +128,13 @@ def test_every_loss_learns_real_fashion_mnist_in_two_epochs(name, real_data_root
     record = train(cfg, tmp_path)
     assert record["loss"] == name
     assert record["best_val_acc"] >= 0.5, record["history"]
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.3])
+@pytest.mark.parametrize("name", ["ce", "ce_l2"])
+def test_label_smoothing_equals_torch(batch, eps, name):
+    logits, y = batch
+    model = MLP(4, [3], 2)
+    extra = {"model": model, "lam": 0.0} if name == "ce_l2" else {}
+    ours = build_loss(name, label_smoothing=eps, **extra)(logits, y)
+    assert_same_loss_and_grad(ours, F.cross_entropy(logits, y, label_smoothing=eps), logits)

@@ -1,3 +1,7 @@
+import math
+import types
+
+import pytest
 import torch
 
 from mlp_lab.module import MLPClassifier
@@ -34,3 +38,57 @@ def test_training_step_returns_cross_entropy_and_updates_accuracy():
     expected_acc = (module(x).argmax(1) == y).float().mean()
     torch.testing.assert_close(module.train_acc.compute(), expected_acc)
     torch.testing.assert_close(module.train_loss.compute(), loss.detach())
+
+
+def _lrs(schedule, steps=100, **kwargs):
+    module = MLPClassifier(
+        hidden=[8], optimizer="sgd", lr=0.4, momentum=0.9, schedule=schedule, **kwargs
+    )
+    module._trainer = types.SimpleNamespace(estimated_stepping_batches=steps)
+    config = module.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["interval"] == "step"
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_cosine_schedule_decays_from_lr_to_zero_over_the_run():
+    lrs = _lrs("cosine")
+    expected = [0.2 * (1 + math.cos(math.pi * t / 100)) for t in range(100)]
+    assert lrs == pytest.approx(expected, abs=1e-9)
+
+
+def test_one_cycle_schedule_peaks_at_lr_after_the_warmup_fraction():
+    lrs = _lrs("onecycle", warmup=0.3)
+    assert lrs[0] == pytest.approx(0.4 / 25)  # torch's default starting divisor
+    assert max(lrs) == pytest.approx(0.4) and lrs.index(max(lrs)) == 29
+    assert lrs[-1] < 1e-4 and all(a >= b for a, b in zip(lrs[29:-1], lrs[30:], strict=True))
+
+
+def test_constant_learning_rate_is_the_default():
+    module = MLPClassifier(hidden=[8], lr=0.1)
+    assert isinstance(module.configure_optimizers(), torch.optim.SGD)
+
+
+def test_max_norm_is_applied_after_every_step(synthetic_root, tmp_path):
+    import lightning as L
+
+    from mlp_lab.data import MNISTDataModule
+
+    module = MLPClassifier(hidden=[32], lr=5.0, init_std=None, max_norm=0.5)
+    dm = MNISTDataModule("mnist", synthetic_root, batch_size=64, val_size=200)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=dm)
+    for layer in module.model.linear_layers():
+        assert (layer.weight.norm(dim=1) <= 0.5 + 1e-5).all()
