@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SHARED_DATA := $(abspath ../shared/data)
 ARGS ?=
 
-.PHONY: install data offline-packages train lab test lint clean
+.PHONY: install data offline-packages train lab bench test lint clean
 
 install: $(STAMP)
 
@@ -42,6 +42,12 @@ lab: data
 			trainer.enable_progress_bar=false $(ARGS) || exit 1; \
 	done
 	$(PY) -m mlp_lab.report $(LAB)/*/ --out $(LAB)
+
+# Seconds per epoch of mlp_lab, Lightning barebones, a plain torch loop and the lab's ToTensor +
+# DataLoader pipeline, side by side: a table and benchmarks/results.json. About 4 minutes on 2 CPU
+# cores; run it on an otherwise idle machine. ARGS="--quick" for a smoke run.
+bench: data
+	$(PY) -m benchmarks.epoch_speed $(ARGS)
 
 # Tests read the real datasets from ../shared/data when it is there (as in CI).
 test: $(STAMP)

@@ -2,13 +2,17 @@ import gzip
 import shutil
 import types
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_images, write_idx
+import torchvision
+from conftest import fast_overrides, make_config, synthetic_images, write_idx
 
 from mlp_lab import data
 from mlp_lab.data import DataError, MNISTDataModule, TensorBatches, check_idx, fetch, idx_files
+from mlp_lab.module import MLPClassifier
+from mlp_lab.train import train
 
 
 def test_idx_files_parse_to_the_written_pixels_and_labels(synthetic_root):
@@ -85,6 +89,57 @@ def test_ddp_ranks_evaluate_disjoint_slices_that_make_up_the_split(synthetic_roo
 def test_unshuffled_batches_keep_order():
     x = torch.arange(7).float()
     assert [xb.tolist() for xb, _ in TensorBatches(x, x, 3)] == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def test_a_default_run_builds_no_dataloader_and_reads_no_single_image(
+    synthetic_root, tmp_path, monkeypatch
+):
+    # Batches are slices of in-memory tensors: no DataLoader, hence no worker processes, and no
+    # dataset item read one by one, hence no per-sample transform.
+    loaders, items = [], []
+    loader_init = torch.utils.data.DataLoader.__init__
+    get_item = torchvision.datasets.MNIST.__getitem__  # FashionMNIST's too
+
+    def record_loader(self, *args, **kwargs):
+        loaders.append(kwargs)
+        loader_init(self, *args, **kwargs)
+
+    def record_item(self, index):
+        items.append(index)
+        return get_item(self, index)
+
+    monkeypatch.setattr(torch.utils.data.DataLoader, "__init__", record_loader)
+    monkeypatch.setattr(torchvision.datasets.MNIST, "__getitem__", record_item)
+    record = train(make_config(*fast_overrides(synthetic_root, "trainer.max_epochs=1")), tmp_path)
+    assert record["epochs"] == 1 and record["test_acc"] is not None
+    assert loaders == [] and items == []
+
+
+class RecordDevices(L.Callback):
+    """The model's device and each split's as training starts; after fit the model is on the CPU."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.model = pl_module.device
+        self.splits = {k: {t.device for t in v} for k, v in trainer.datamodule.splits.items()}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none on this machine")
+def test_gpu_run_keeps_split_tensors_on_the_device_skipped_without_gpu(synthetic_root):
+    dm = MNISTDataModule("fashion_mnist", synthetic_root, batch_size=64, val_size=200)
+    devices = RecordDevices()
+    trainer = L.Trainer(
+        accelerator="gpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[devices],
+    )
+    trainer.fit(MLPClassifier(hidden=[32]), datamodule=dm)
+    assert devices.model.type == "cuda"
+    assert devices.splits == {split: {devices.model} for split in ("train", "val", "test")}
 
 
 def test_wrong_magic_number_names_file_and_fix(synthetic_root):

@@ -1,0 +1,199 @@
+"""Seconds per epoch of mlp_lab beside a bare PyTorch loop and the lab's own DataLoader pipeline.
+
+python -m benchmarks.epoch_speed            # or `make bench`: batch 256 and 1024, 4 epochs each
+python -m benchmarks.epoch_speed --quick    # a smoke run: 2 epochs of 2,048 images
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import itertools
+import json
+import logging
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# Not mlp_lab.data's: this process imports only torch, so that it starts fast; the variants import
+# Lightning and the rest in their own processes (benchmarks/variants.py).
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+VARIANTS = {
+    "a": "mlp_lab, a normal run",
+    "b": "Lightning barebones",
+    "c": "plain torch loop",
+    "d": "lab: ToTensor + DataLoader",
+}
+LAB_WORKERS = 4  # the lab's d2l loaders ran 4 worker processes
+QUICK_IMAGES = 2048  # --quick trains on this many images per epoch
+SQUARE = {"cpu": 2048, "cuda": 8192}  # side of the big square matmul in the peak measurement
+
+
+def epoch_flops(widths: list[int], n_train: int, n_eval: int) -> int:
+    """FLOPs of one epoch: train on `n_train` images (forward + backward), evaluate `n_eval`."""
+    # A Linear layer in→out costs 2·in·out FLOPs per image forward (a multiply and an add per
+    # weight; bias, ReLU and loss are negligible); backward counts as twice the forward (input and
+    # weight gradients), as in the issue's "97 GFLOP per 60,000 images". The first layer needs no
+    # input gradient, so the arithmetic training really does is a quarter lower than counted.
+    forward = sum(2 * a * b for a, b in itertools.pairwise(widths))
+    return 3 * forward * n_train + forward * n_eval
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sync() -> None:
+    """Wait for queued GPU work, so that a clock read after it times the work."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def matmul_peak(dev: torch.device, reps: int = 3, inner: int = 5) -> dict[str, float]:
+    """Best float32 `torch.mm` GFLOP/s for this MLP's shapes at batch 1024 and a big square."""
+    n = SQUARE[dev.type]
+    shapes = {
+        "1024x784 @ 784x256": (1024, 784, 256),  # first layer, forward
+        "784x1024 @ 1024x256": (784, 1024, 256),  # first layer, weight gradient
+        "1024x256 @ 256x256": (1024, 256, 256),  # second layer
+        f"{n}x{n} @ {n}x{n}": (n, n, n),
+    }
+    peak = {}
+    for name, (m, k, p) in shapes.items():
+        a, b = torch.randn(m, k, device=dev), torch.randn(k, p, device=dev)
+        torch.mm(a, b)  # warm-up: thread pool, cuBLAS handle
+        best = math.inf
+        for _ in range(reps):
+            sync()
+            start = time.perf_counter()
+            for _ in range(inner):
+                torch.mm(a, b)
+            sync()
+            best = min(best, (time.perf_counter() - start) / inner)
+        peak[name] = round(2 * m * k * p / best / 1e9, 1)
+    return peak
+
+
+def spawn(variant: str, args) -> dict:
+    """Run one variant in a fresh interpreter, so that its peak RSS is its own."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        command = [sys.executable, "-m", "benchmarks.epoch_speed", "--variant", variant]
+        command += ["--batch-sizes", *map(str, args.batch_sizes), "--epochs", str(args.epochs)]
+        command += ["--dataset", args.dataset, "--out", str(out)] + ["--quick"] * args.quick
+        done = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"variant ({variant}) failed:\n{done.stderr[-4000:]}")
+        return json.loads(out.read_text())
+
+
+def machine() -> dict:
+    """The commit measured and the machine it ran on."""
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if "model name" in line), None)
+    git = ["git", "describe", "--always", "--dirty", "--abbrev=40"]
+    commit = subprocess.run(git, cwd=PROJECT_DIR, capture_output=True, text=True).stdout.strip()
+    return {
+        "commit": commit or None,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "lightning": importlib.metadata.version("lightning"),
+        "threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "load_average": os.getloadavg()[0],  # at the end; above ~0.5, others shared the cores
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }
+
+
+def summarise(args, variants: dict, peak: dict) -> dict:
+    """Median s/epoch of the epochs after the first, throughput, FLOP rate, and the ratios."""
+    best = max(peak.values())
+    for v in variants.values():
+        for r in v["batch_sizes"].values():
+            s = statistics.median(r["epoch_s"][1:] or r["epoch_s"])
+            gflops = epoch_flops(v["widths"], r["train_images"], r["val_images"]) / s / 1e9
+            r["s_per_epoch"], r["images_per_s"] = round(s, 4), round(r["train_images"] / s)
+            r["gflops"], r["peak_fraction"] = round(gflops, 2), round(gflops / best, 4)
+    ratios = {}
+    for bs in map(str, args.batch_sizes):
+        a, c, d = (variants[k]["batch_sizes"][bs]["s_per_epoch"] for k in "acd")
+        ratios[bs] = {"a_over_c": round(a / c, 3), "d_over_a": round(d / a, 3)}
+    return {
+        **machine(),
+        "dataset": args.dataset,
+        "epochs": args.epochs,
+        "quick": args.quick,
+        "matmul_peak_gflops": {**peak, "max": best},
+        "variants": {k: {"label": VARIANTS[k], **v} for k, v in variants.items()},
+        "ratios": ratios,
+    }
+
+
+def table(summary: dict) -> str:
+    """The figures as a Markdown table, then the peak and the ratios."""
+    columns = ["variant", "batch", "s/epoch", "images/s", "GFLOP/s", "of peak", "val acc"]
+    columns.append("max RSS MB (imports)")
+    rows = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    for key, v in summary["variants"].items():
+        rss = f"{v['rss_mb']:.0f} ({v['import_rss_mb']:.0f})"
+        if key == "d":
+            rss += f" + {LAB_WORKERS} workers of ≤ {v['worker_rss_mb']:.0f} each"
+        for bs, r in v["batch_sizes"].items():
+            rows.append(
+                f"| ({key}) {v['label']} | {bs} | {r['s_per_epoch']:.3f} | {r['images_per_s']:,} "
+                f"| {r['gflops']:.1f} | {r['peak_fraction']:.0%} | {r['val_acc']:.4f} | {rss} |"
+            )
+    peak = summary["matmul_peak_gflops"]["max"]
+    lines = [f"float32 matmul peak: {peak:.0f} GFLOP/s ({summary['device']})"]
+    for bs, r in summary["ratios"].items():
+        lines.append(f"batch {bs}: (a)/(c) = {r['a_over_c']:.2f}, (d)/(a) = {r['d_over_a']:.2f}")
+    return "\n".join(rows + [""] + lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--epochs", type=int, default=4, help="per variant; the first is a warm-up")
+    parser.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "mnist"])
+    parser.add_argument("--out", type=Path, default=PROJECT_DIR / "benchmarks/results.json")
+    parser.add_argument("--quick", action="store_true", help=f"2 epochs of {QUICK_IMAGES} images")
+    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.epochs = min(args.epochs, 2)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.variant:  # a child of the run below; its log is shown if it fails
+        from benchmarks.variants import run_variant
+
+        args.out.write_text(json.dumps(run_variant(args.variant, args)))
+        return
+
+    if (load := os.getloadavg()[0]) > 0.5:
+        log.warning("load average %.1f: other processes share the cores, timings will suffer", load)
+    peak = matmul_peak(device())
+    log.info("float32 matmul GFLOP/s: %s", peak)
+    variants = {}
+    for key, label in VARIANTS.items():
+        log.info("(%s) %s ...", key, label)
+        variants[key] = spawn(key, args)
+    summary = summarise(args, variants, peak)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(table(summary))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
