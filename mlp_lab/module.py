@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 
 from mlp_lab.losses import build_loss, loss_options
 from mlp_lab.model import MLP
@@ -48,6 +47,9 @@ class MLPClassifier(L.LightningModule):
         super().__init__()
         # In the checkpoint; the logger gets the run's whole config, with its results, at the end.
         self.save_hyperparameters(logger=False)
+        # The step is written out in training_step: Lightning's automatic optimisation wraps each
+        # one in a closure and several hooks, which cost more than the step itself on the CPU.
+        self.automatic_optimization = False
         self.model = MLP(
             in_features,
             hidden,
@@ -68,8 +70,9 @@ class MLPClassifier(L.LightningModule):
         for stage in STAGES:
             # A NaN loss is caught per epoch by the training record, not per step here.
             setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
-            acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
-            setattr(self, f"{stage}_acc", acc)
+            # Accuracy as the batch-size-weighted mean of each batch's fraction right: the same
+            # number as MulticlassAccuracy's, for a quarter of its cost per update.
+            setattr(self, f"{stage}_acc", MeanMetric(nan_strategy="disable"))
 
     @property
     def num_parameters(self) -> int:
@@ -85,7 +88,8 @@ class MLPClassifier(L.LightningModule):
         # Metrics are only updated here and logged once per epoch: a `self.log` call costs about
         # a millisecond in Lightning, as long as this whole step on the CPU.
         getattr(self, f"{stage}_loss").update(loss.detach(), len(y))
-        getattr(self, f"{stage}_acc").update(logits.detach(), y)
+        right = (logits.detach().argmax(dim=1) == y).float().mean()
+        getattr(self, f"{stage}_acc").update(right, len(y))
         return loss
 
     def _log_epoch(self, stage: str) -> None:
@@ -97,8 +101,18 @@ class MLPClassifier(L.LightningModule):
             metric.reset()
 
     def training_step(self, batch, batch_idx):
-        """One optimisation step."""
-        return self._step(batch, "train")
+        """One optimisation step, then max-norm when it is set."""
+        optimizer = self.optimizers()
+        loss = self._step(batch, "train")
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        if self.hparams.max_norm:
+            self.model.apply_max_norm(self.hparams.max_norm)
+        return loss
 
     def validation_step(self, batch, batch_idx):
         """Loss and accuracy on the validation split."""
@@ -107,11 +121,6 @@ class MLPClassifier(L.LightningModule):
     def test_step(self, batch, batch_idx):
         """Loss and accuracy on the official test set."""
         self._step(batch, "test")
-
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        """Max-norm, when set, right after each optimizer step."""
-        if self.hparams.max_norm:
-            self.model.apply_max_norm(self.hparams.max_norm)
 
     def on_train_epoch_end(self):
         """Log the epoch's training loss and accuracy."""

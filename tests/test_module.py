@@ -1,3 +1,4 @@
+import copy
 import math
 import types
 
@@ -29,15 +30,38 @@ def test_checkpoint_alone_rebuilds_the_model(tmp_path):
     assert loaded.model.std.item() == torch.tensor(0.3).item()
 
 
-def test_training_step_returns_cross_entropy_and_updates_accuracy():
+def test_one_training_step_is_one_sgd_step_and_feeds_the_epoch_metrics(synthetic_root):
+    import lightning as L
+
+    from mlp_lab.data import MNISTDataModule
+
     torch.manual_seed(0)
-    module = MLPClassifier(hidden=[16])
-    x, y = torch.rand(8, 784), torch.arange(8) % 10
-    loss = module.training_step((x, y), 0)
-    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(module(x), y))
-    expected_acc = (module(x).argmax(1) == y).float().mean()
-    torch.testing.assert_close(module.train_acc.compute(), expected_acc)
-    torch.testing.assert_close(module.train_loss.compute(), loss.detach())
+    module = MLPClassifier(hidden=[16], lr=0.1, init_std=None)
+    reference = copy.deepcopy(module.model)
+    dm = MNISTDataModule("mnist", synthetic_root, batch_size=32, val_size=200)
+    trainer = L.Trainer(
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=dm)
+
+    x, y = next(iter(dm.train_dataloader()))  # epoch 0's first batch, as the step saw it
+    logits = reference(x)
+    loss = torch.nn.functional.cross_entropy(logits, y)
+    loss.backward()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p -= 0.1 * p.grad
+    assert trainer.global_step == 1
+    for ours, expected in zip(module.model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(ours, expected)
+    metrics = trainer.callback_metrics
+    torch.testing.assert_close(metrics["train/loss"], loss.detach())
+    torch.testing.assert_close(metrics["train/acc"], (logits.argmax(1) == y).float().mean())
 
 
 def _lrs(schedule, steps=100, **kwargs):
