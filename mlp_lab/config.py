@@ -62,6 +62,9 @@ class ModelConfig:
     # Max-norm (Srivastava et al. 2014): after each step, every unit's incoming weight vector
     # is scaled back to this L2 norm when longer. None: off.
     max_norm: float | None = None
+    # torch.compile the module: fuses the elementwise work between the matmuls, at the price of
+    # a compilation at the start (see the README's performance section for when it pays).
+    compile: bool = False
 
     def __post_init__(self):
         ok = len(self.hidden) > 0 and all(w > 0 for w in self.hidden)

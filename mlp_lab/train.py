@@ -242,9 +242,11 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
         **trainer_args, default_root_dir=run_dir, logger=logger, callbacks=callbacks
     )
 
+    # Lightning unwraps a compiled module for checkpoints, so they load into a plain one.
+    fitted = torch.compile(module) if cfg.model.compile else module
     fit_start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=start_from)
+        trainer.fit(fitted, datamodule=dm, ckpt_path=start_from)
     except SystemExit:  # Lightning's answer to SIGTERM and Ctrl-C, after its own clean-up
         if not trainer.interrupted:
             raise
@@ -255,7 +257,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
             f"`python -m mlp_lab.train resume={run_dir}`"
         ) from None
     fit_time = time.perf_counter() - fit_start
-    test = trainer.test(module, datamodule=dm, ckpt_path=checkpoint.best_model_path, verbose=False)[
+    test = trainer.test(fitted, datamodule=dm, ckpt_path=checkpoint.best_model_path, verbose=False)[
         0
     ]
     if not trainer.is_global_zero:  # under DDP, rank 0 alone writes the run's record
@@ -282,6 +284,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     finals = {f"final/{k}": record[k] for k in ("best_val_acc", "test_acc", "test_loss")}
     logger.log_hyperparams(asdict(cfg), metrics=finals)
     save_figures(module, dm, history.epochs, run_dir, logger)
+    logger.finalize("success")  # closes the event file: the run directory may go right after
     return record
 
 
