@@ -46,7 +46,13 @@ def load_model(ckpt: Path | str) -> MLPClassifier:
         metrics = path / "metrics.json"
         if not metrics.is_file():
             raise PredictError(f"{path} is not a finished mlp_lab run (no metrics.json)")
-        path = path / json.loads(metrics.read_text())["checkpoint"]
+        record = json.loads(metrics.read_text())
+        if "checkpoint" not in record:
+            raise PredictError(
+                f"{path} is not a finished run (status {record.get('status')}): give one of its "
+                "checkpoints/*.ckpt, or resume it first"
+            )
+        path = path / record["checkpoint"]
     if not path.is_file():
         raise PredictError(f"checkpoint {path} not found")
     try:

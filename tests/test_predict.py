@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -47,6 +49,13 @@ def test_a_checkpoint_that_is_not_mlp_labs_is_refused(tmp_path):
     (tmp_path / "text.ckpt").write_text("hello")
     with pytest.raises(PredictError, match="is not a checkpoint"):
         load_model(tmp_path / "text.ckpt")
+
+
+def test_an_unfinished_run_directory_is_refused_with_what_to_do(tmp_path):
+    record = {"status": "interrupted", "history": [], "error": "interrupted in epoch 3"}
+    (tmp_path / "metrics.json").write_text(json.dumps(record))
+    with pytest.raises(PredictError, match="not a finished run \\(status interrupted\\)"):
+        load_model(tmp_path)
 
 
 @pytest.mark.real_data
