@@ -44,8 +44,9 @@ lab: data
 	$(PY) -m mlp_lab.report $(LAB)/*/ --out $(LAB)
 
 # Seconds per epoch of mlp_lab, Lightning barebones, a plain torch loop and the lab's ToTensor +
-# DataLoader pipeline, side by side: a table and benchmarks/results.json. About 4 minutes on 2 CPU
-# cores; run it on an otherwise idle machine. ARGS="--quick" for a smoke run.
+# DataLoader pipeline, side by side: the table in benchmarks/results.md, the figures in
+# benchmarks/results.json. About 4 minutes on 2 CPU cores; run it on an otherwise idle machine.
+# ARGS="--quick" for a smoke run.
 bench: data
 	$(PY) -m benchmarks.epoch_speed $(ARGS)
 

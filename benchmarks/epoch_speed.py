@@ -2,6 +2,9 @@
 
 python -m benchmarks.epoch_speed            # or `make bench`: batch 256 and 1024, 4 epochs each
 python -m benchmarks.epoch_speed --quick    # a smoke run: 2 epochs of 2,048 images
+
+The table goes to the terminal and to benchmarks/results.md, the figures to benchmarks/results.json;
+each variant runs in a process of its own (benchmarks/variants.py).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -23,20 +27,11 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.variants import LAB_WORKERS, QUICK_IMAGES, VARIANTS, device, sync
+from mlp_lab.data import PROJECT_DIR
+
 log = logging.getLogger(__name__)
 
-# Not mlp_lab.data's: this process imports only torch, so that it starts fast; the variants import
-# Lightning and the rest in their own processes (benchmarks/variants.py).
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-
-VARIANTS = {
-    "a": "mlp_lab, a normal run",
-    "b": "Lightning barebones",
-    "c": "plain torch loop",
-    "d": "lab: ToTensor + DataLoader",
-}
-LAB_WORKERS = 4  # the lab's d2l loaders ran 4 worker processes
-QUICK_IMAGES = 2048  # --quick trains on this many images per epoch
 SQUARE = {"cpu": 2048, "cuda": 8192}  # side of the big square matmul in the peak measurement
 
 
@@ -48,16 +43,6 @@ def epoch_flops(widths: list[int], n_train: int, n_eval: int) -> int:
     # input gradient, so the arithmetic training really does is a quarter lower than counted.
     forward = sum(2 * a * b for a, b in itertools.pairwise(widths))
     return 3 * forward * n_train + forward * n_eval
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def sync() -> None:
-    """Wait for queued GPU work, so that a clock read after it times the work."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def matmul_peak(dev: torch.device, reps: int = 3, inner: int = 5) -> dict[str, float]:
@@ -85,13 +70,12 @@ def matmul_peak(dev: torch.device, reps: int = 3, inner: int = 5) -> dict[str, f
     return peak
 
 
-def spawn(variant: str, args) -> dict:
+def spawn(variant: str, settings: dict) -> dict:
     """Run one variant in a fresh interpreter, so that its peak RSS is its own."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        command = [sys.executable, "-m", "benchmarks.epoch_speed", "--variant", variant]
-        command += ["--batch-sizes", *map(str, args.batch_sizes), "--epochs", str(args.epochs)]
-        command += ["--dataset", args.dataset, "--out", str(out)] + ["--quick"] * args.quick
+        command = [sys.executable, "-m", "benchmarks.variants", variant, json.dumps(settings)]
+        command += ["--out", str(out)]
         done = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"variant ({variant}) failed:\n{done.stderr[-4000:]}")
@@ -132,6 +116,7 @@ def summarise(args, variants: dict, peak: dict) -> dict:
         ratios[bs] = {"a_over_c": round(a / c, 3), "d_over_a": round(d / a, 3)}
     return {
         **machine(),
+        "command": shlex.join(["python", "-m", "benchmarks.epoch_speed", *sys.argv[1:]]),
         "dataset": args.dataset,
         "epochs": args.epochs,
         "quick": args.quick,
@@ -142,7 +127,12 @@ def summarise(args, variants: dict, peak: dict) -> dict:
 
 
 def table(summary: dict) -> str:
-    """The figures as a Markdown table, then the peak and the ratios."""
+    """The command and machine, then the figures as a Markdown table, the peak and the ratios."""
+    head = (
+        "`{command}` at commit `{commit}`, {date}.\n"
+        "Machine: {cpu}, {cpu_cores} cores ({threads} torch threads), device {device}; "
+        "torch {torch}, Lightning {lightning}; load average {load_average:.2f} at the end.\n\n"
+    ).format(**summary)
     columns = ["variant", "batch", "s/epoch", "images/s", "GFLOP/s", "of peak", "val acc"]
     columns.append("max RSS MB (imports)")
     rows = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
@@ -159,7 +149,7 @@ def table(summary: dict) -> str:
     lines = [f"float32 matmul peak: {peak:.0f} GFLOP/s ({summary['device']})"]
     for bs, r in summary["ratios"].items():
         lines.append(f"batch {bs}: (a)/(c) = {r['a_over_c']:.2f}, (d)/(a) = {r['d_over_a']:.2f}")
-    return "\n".join(rows + [""] + lines)
+    return head + "\n".join(rows + [""] + lines) + "\n"
 
 
 def main() -> None:
@@ -169,16 +159,11 @@ def main() -> None:
     parser.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "mnist"])
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "benchmarks/results.json")
     parser.add_argument("--quick", action="store_true", help=f"2 epochs of {QUICK_IMAGES} images")
-    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.epochs = min(args.epochs, 2)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.variant:  # a child of the run below; its log is shown if it fails
-        from benchmarks.variants import run_variant
-
-        args.out.write_text(json.dumps(run_variant(args.variant, args)))
-        return
+    settings = {k: getattr(args, k) for k in ("dataset", "batch_sizes", "epochs", "quick")}
 
     if (load := os.getloadavg()[0]) > 0.5:
         log.warning("load average %.1f: other processes share the cores, timings will suffer", load)
@@ -187,12 +172,15 @@ def main() -> None:
     variants = {}
     for key, label in VARIANTS.items():
         log.info("(%s) %s ...", key, label)
-        variants[key] = spawn(key, args)
+        variants[key] = spawn(key, settings)
     summary = summarise(args, variants, peak)
+    report = args.out.with_suffix(".md")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(table(summary))
-    print(f"written to {args.out}")
+    text = table(summary)
+    report.write_text(text)
+    print(text, end="")
+    print(f"written to {args.out} and {report}")
 
 
 if __name__ == "__main__":

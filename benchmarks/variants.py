@@ -1,60 +1,53 @@
 """The four variants that benchmarks/epoch_speed.py times, each in a fresh process of its own.
 
-python -m benchmarks.epoch_speed --variant c --batch-sizes 256 --out c.json  # as the benchmark does
+python -m benchmarks.variants c '{"dataset": "mnist", "batch_sizes": [256], "epochs": 2,
+                                  "quick": true}' --out c.json    # as the benchmark runs (c)
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import resource
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
-from benchmarks.epoch_speed import LAB_WORKERS, PROJECT_DIR, QUICK_IMAGES, device, sync
-from mlp_lab.data import MNISTDataModule
+from mlp_lab.config import TrainConfig, load_config
+from mlp_lab.data import MNISTDataModule, split_indices
 from mlp_lab.model import MLP
 from mlp_lab.module import MLPClassifier
-from mlp_lab.train import train
+from mlp_lab.train import build, train
 
 log = logging.getLogger(__name__)
 
-
-def load_config(dataset: str, *overrides: str):
-    """The config `python -m mlp_lab.train data=<dataset> <overrides>` runs with."""
-    with initialize_config_dir(config_dir=str(PROJECT_DIR / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"data={dataset}", *overrides])
-    return OmegaConf.to_object(cfg)
-
-
-def data_module(cfg) -> MNISTDataModule:
-    dm = MNISTDataModule(**asdict(cfg.data), seed=cfg.seed)
-    dm.prepare_data()
-    return dm
+VARIANTS = {
+    "a": "mlp_lab, a normal run",
+    "b": "Lightning barebones",
+    "c": "plain torch loop",
+    "d": "lab: ToTensor + DataLoader",
+}
+LAB_WORKERS = 4  # the lab's d2l loaders ran 4 worker processes
+QUICK_IMAGES = 2048  # --quick trains on this many images per epoch
 
 
-def model_args(cfg, dm) -> dict:
-    """The model's settings as train.py passes them: the lab's 784-256-256-10 ReLU, N(0, 0.01²)."""
-    return {
-        "in_features": dm.in_features,
-        "num_classes": dm.num_classes,
-        "hidden": cfg.model.hidden,
-        "activation": cfg.model.activation,
-        "init_std": cfg.model.init_std,
-        "mean": dm.info.mean,
-        "std": dm.info.std,
-    }
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def run_mlp_lab(cfg, run_dir: Path) -> tuple[list[float], float]:
+def sync() -> None:
+    """Wait for queued GPU work, so that a clock read after it times the work."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def run_mlp_lab(cfg: TrainConfig, run_dir: Path) -> tuple[list[float], float]:
     """(a) `mlp_lab.train.train`, as a normal run: logger, checkpoints, test pass and figures."""
     history = train(cfg, run_dir)["history"]
     return [e["epoch_time_s"] for e in history], history[-1]["val_acc"]
@@ -82,11 +75,11 @@ class EpochTimer(L.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def run_barebones(cfg) -> tuple[list[float], float]:
+def run_barebones(cfg: TrainConfig) -> tuple[list[float], float]:
     """(b) The same module and data module under `Trainer(barebones=True)`."""
-    L.seed_everything(cfg.seed, workers=True)
-    dm = data_module(cfg)
-    module = Unlogged(**model_args(cfg, dm), lr=cfg.optimizer.lr)
+    dm, module = build(cfg)
+    # The very module that build made, seeded weights included; only its `log` changes.
+    module.__class__ = Unlogged
     module.logged = {}
     timer = EpochTimer()
     trainer = L.Trainer(
@@ -101,7 +94,16 @@ def run_barebones(cfg) -> tuple[list[float], float]:
     return timer.seconds, module.logged["val/acc"]
 
 
-def accuracy(model, batches, dev) -> float:
+def build_plain(
+    cfg: TrainConfig, dev: torch.device
+) -> tuple[MNISTDataModule, MLP, torch.optim.Optimizer]:
+    """(c) and (d)'s data module and network, from `build` as (a)'s, and plain SGD at its lr."""
+    dm, module = build(cfg)
+    model = module.model.to(dev)
+    return dm, model, torch.optim.SGD(model.parameters(), lr=cfg.optimizer.lr)
+
+
+def accuracy(model: MLP, batches, dev: torch.device) -> float:
     """Accuracy of `model` over (images, labels) batches, counted on the device."""
     model.eval()
     correct, total = 0, 0
@@ -114,16 +116,13 @@ def accuracy(model, batches, dev) -> float:
     return float(correct) / total
 
 
-def run_plain_loop(cfg) -> tuple[list[float], float]:
+def run_plain_loop(cfg: TrainConfig) -> tuple[list[float], float]:
     """(c) A bare loop over in-memory tensors: randperm + index_select batches, eval in 5,000s."""
     dev, n_train = device(), train_images(cfg)
-    torch.manual_seed(cfg.seed)
-    dm = data_module(cfg)
+    dm, model, optimizer = build_plain(cfg, dev)
     dm.setup()  # the same seeded split as (a)
     x, y = (t[:n_train].to(dev) for t in dm.splits["train"])
     x_val, y_val = (t.to(dev).split(cfg.data.eval_batch_size) for t in dm.splits["val"])
-    model = MLP(**model_args(cfg, dm)).to(dev)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optimizer.lr)
     generator = torch.Generator().manual_seed(cfg.seed)
     seconds, acc = [], 0.0
     for _ in range(cfg.trainer.max_epochs):
@@ -140,23 +139,19 @@ def run_plain_loop(cfg) -> tuple[list[float], float]:
     return seconds, acc
 
 
-def run_lab_pipeline(cfg) -> tuple[list[float], float]:
+def run_lab_pipeline(cfg: TrainConfig) -> tuple[list[float], float]:
     """(d) The lab's: torchvision dataset with ToTensor, DataLoader with 4 workers, d2l's loop."""
     dev, n_train = device(), train_images(cfg)
-    torch.manual_seed(cfg.seed)
-    dm = data_module(cfg)
+    dm, model, optimizer = build_plain(cfg, dev)
     full = dm.info.torchvision_class(str(dm.root), train=True, transform=transforms.ToTensor())
     # The data module's split of the same files, so that every variant sees the same images.
-    order = torch.randperm(len(full), generator=torch.Generator().manual_seed(cfg.seed))
-    val_idx, train_idx = order[: cfg.data.val_size], order[cfg.data.val_size :][:n_train]
+    train_idx, val_idx = split_indices(len(full), cfg.data.val_size, cfg.seed)
 
     def loader(indices, shuffle):
         subset = Subset(full, indices.tolist())
         return DataLoader(subset, cfg.data.batch_size, shuffle=shuffle, num_workers=LAB_WORKERS)
 
-    train_iter, val_iter = loader(train_idx, True), loader(val_idx, False)
-    model = MLP(**model_args(cfg, dm)).to(dev)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optimizer.lr)
+    train_iter, val_iter = loader(train_idx[:n_train], True), loader(val_idx, False)
     seconds, acc = [], 0.0
     for _ in range(cfg.trainer.max_epochs):
         sync()
@@ -181,7 +176,7 @@ def run_lab_pipeline(cfg) -> tuple[list[float], float]:
 RUNNERS = {"b": run_barebones, "c": run_plain_loop, "d": run_lab_pipeline}
 
 
-def train_images(cfg) -> int:
+def train_images(cfg: TrainConfig) -> int:
     """Images trained on per epoch: the whole training split, or `limit_train_batches` batches."""
     n = 60_000 - cfg.data.val_size  # both datasets have 60,000 training images
     limit = cfg.trainer.limit_train_batches
@@ -193,22 +188,23 @@ def max_rss_mb(who: int) -> float:
     return round(resource.getrusage(who).ru_maxrss / 1024, 1)
 
 
-def run_variant(variant: str, args) -> dict:
+def run_variant(variant: str, settings: dict, work_dir: Path) -> dict:
     """Time one variant at each batch size; its peak RSS and that of its worker processes."""
     # Every variant's process holds the same libraries (CUDA-enabled torch, torchvision, Lightning):
     # the RSS they take before any data is loaded is reported apart.
     import_rss = max_rss_mb(resource.RUSAGE_SELF)
     results = {}
-    for bs in args.batch_sizes:
-        overrides = [f"data.batch_size={bs}", f"trainer.max_epochs={args.epochs}"]
+    for bs in settings["batch_sizes"]:
+        overrides = [f"data={settings['dataset']}", f"data.batch_size={bs}"]
+        overrides += [f"trainer.max_epochs={settings['epochs']}"]
         overrides.append("trainer.enable_progress_bar=false")
-        if args.quick:
+        if settings["quick"]:
             overrides.append(f"trainer.limit_train_batches={max(1, QUICK_IMAGES // bs)}")
-        cfg = load_config(args.dataset, *overrides)
+        cfg = load_config(*overrides)
         if variant == "a":
             # Beside --out, in the benchmark's temporary folder: the run's TensorBoard writer
             # still flushes when this process exits.
-            seconds, acc = run_mlp_lab(cfg, args.out.parent / f"run_{bs}")
+            seconds, acc = run_mlp_lab(cfg, work_dir / f"run_{bs}")
         else:
             seconds, acc = RUNNERS[variant](cfg)
         results[str(bs)] = {
@@ -229,3 +225,19 @@ def run_variant(variant: str, args) -> dict:
         # with the main process, so main + 4 × this overstates the pipeline's memory.
         result["worker_rss_mb"] = max_rss_mb(resource.RUSAGE_CHILDREN)
     return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variant", choices=list(VARIANTS))
+    parser.add_argument(
+        "settings", type=json.loads, help="JSON: dataset, batch_sizes, epochs and quick"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="the variant's figures, as JSON")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args.out.write_text(json.dumps(run_variant(args.variant, args.settings, args.out.parent)))
+
+
+if __name__ == "__main__":
+    main()

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import MISSING, OmegaConf
 
-from mlp_lab.data import DATASETS
+from mlp_lab.data import DATASETS, PROJECT_DIR
 from mlp_lab.losses import L2_COVERS, LOSSES, TARGETS, loss_options
 from mlp_lab.model import ACTIVATIONS, IMPLS
 from mlp_lab.module import OPTIMIZERS, SCHEDULES
@@ -203,22 +203,47 @@ def check_sweep(strategy: str, launcher: str) -> None:
         )
 
 
-def is_run_dir(path: str | None) -> bool:
-    return bool(path) and (Path(path) / ".hydra" / "config.yaml").is_file()
+# Where files are and how a run is carried out or watched, not what it computes: left out of the
+# settings that TensorBoard's HPARAMS tab compares and of the report's variant labels.
+LOGISTICS = (
+    "data.root",
+    "data.download",
+    "data.eval_batch_size",
+    "model.compile",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.strategy",
+    "trainer.num_nodes",
+    "trainer.enable_progress_bar",
+    "trainer.progress_bar_refresh_rate",
+    "trainer.enable_model_summary",
+    "trainer.num_sanity_val_steps",
+    "trainer.log_every_n_steps",
+    "num_threads",
+    "resume",
+    "ckpt_path",
+)
 
 
-def _run_dir(resume: str | None, new: str) -> str:
-    # A wrong resume= gets a new directory, where train.py records the error, rather than
-    # Hydra creating the mistyped path.
-    return resume if is_run_dir(resume) else new
+def run_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings that define a run, flat ("model/hidden"): the config less its logistics and
+    the options that its loss does not take."""
+    settings = {}
+    for section, values in asdict(cfg).items():
+        for key, value in values.items() if isinstance(values, dict) else [(None, values)]:
+            name = f"{section}.{key}" if key else section
+            unused = section == "loss" and key not in {"name", *cfg.loss.params()}
+            if name not in LOGISTICS and not unused:
+                settings[name.replace(".", "/")] = value
+    return settings
 
 
-def _output_subdir(resume: str | None, now: str) -> str:
-    # A resumed run keeps the Hydra record of its first start and files its own beside it.
-    return f".hydra/resumed_{now}" if is_run_dir(resume) else ".hydra"
+def load_config(*overrides: str) -> TrainConfig:
+    """The config that `python -m mlp_lab.train <overrides>` runs with."""
+    register()
+    with initialize_config_dir(config_dir=str(PROJECT_DIR / "conf"), version_base="1.3"):
+        return OmegaConf.to_object(compose(config_name="train", overrides=list(overrides)))
 
 
 def register() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-    OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True)
-    OmegaConf.register_new_resolver("output_subdir", _output_subdir, replace=True)

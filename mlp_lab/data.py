@@ -215,6 +215,14 @@ def flip_images(x: torch.Tensor, mask: torch.Tensor, size=28) -> torch.Tensor:
     return torch.where(mask[:, None], mirrored, x)
 
 
+def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seeded train/validation split of the official training set's n images."""
+    if not 0 < val_size < n:
+        raise DataError(f"data.val_size={val_size} must be between 1 and {n - 1}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[val_size:], order[:val_size]
+
+
 class TensorBatches:
     """Mini-batches sliced from in-memory tensors, in a new seeded order each epoch when shuffling.
 
@@ -311,6 +319,19 @@ class MNISTDataModule(L.LightningDataModule):
     def class_names(self) -> list[str]:
         return list(self.info.classes)
 
+    @property
+    def facts(self) -> dict:
+        """What a model of this dataset must know, kept in its checkpoint."""
+        info = self.info
+        return {
+            "name": self.name,
+            "in_features": self.in_features,
+            "num_classes": self.num_classes,
+            "mean": info.mean,
+            "std": info.std,
+            "class_names": self.class_names,
+        }
+
     def prepare_data(self) -> None:
         """Only fetches and validates files."""
         fetch(self.name, self.root, self.download)
@@ -320,10 +341,7 @@ class MNISTDataModule(L.LightningDataModule):
         if self.splits:
             return
         x, y = load_split(self.name, self.root, "train")
-        if not 0 < self.val_size < len(x):
-            raise DataError(f"data.val_size={self.val_size} must be between 1 and {len(x) - 1}")
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
-        val, train = order[: self.val_size], order[self.val_size :]
+        train, val = split_indices(len(x), self.val_size, self.seed)
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         splits = {
             "train": (x[train], y[train]),

@@ -126,8 +126,12 @@ def loss_options(name: str) -> set[str]:
     return set(inspect.signature(LOSSES[name]).parameters)
 
 
-def build_loss(name: str, **params) -> nn.Module:
-    """A module whose `forward(logits, target)` returns the mean loss."""
+def build_loss(name: str, **options) -> nn.Module:
+    """A module whose `forward(logits, target)` returns the mean loss.
+
+    It is given only the options its constructor takes: the loss section holds every loss's.
+    """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
-    return LOSSES[name](**params)
+    accepted = loss_options(name)
+    return LOSSES[name](**{k: v for k, v in options.items() if k in accepted})

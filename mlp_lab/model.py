@@ -108,9 +108,11 @@ class MLP(nn.Module):
         init_std: float | None = 0.01,
         mean: float = 0.0,
         std: float = 1.0,
+        normalize: bool = True,
         dropout: float = 0.0,
         batch_norm: bool = False,
         impl: str = "torch",
+        max_norm: float | None = None,
     ):
         super().__init__()
         if impl not in IMPLS:
@@ -120,8 +122,9 @@ class MLP(nn.Module):
         norm = ScratchBatchNorm if scratch else nn.BatchNorm1d
         drop = ScratchDropout if scratch else nn.Dropout
         # Buffers, so a checkpoint alone maps [0, 1] images to logits.
-        self.register_buffer("mean", torch.tensor(float(mean)))
-        self.register_buffer("std", torch.tensor(float(std)))
+        self.register_buffer("mean", torch.tensor(float(mean) if normalize else 0.0))
+        self.register_buffer("std", torch.tensor(float(std) if normalize else 1.0))
+        self.max_norm = max_norm
         layers: list[nn.Module] = []
         width_in = in_features
         for width in hidden:
@@ -143,12 +146,14 @@ class MLP(nn.Module):
         return [m for m in self.layers if isinstance(m, nn.Linear | ScratchLinear)]
 
     @torch.no_grad()
-    def apply_max_norm(self, max_norm: float) -> None:
+    def apply_max_norm(self) -> None:
         """Scale each unit's incoming weight vector back to L2 norm max_norm where it is longer."""
+        if self.max_norm is None:
+            return
         for layer in self.linear_layers():
             # nn.Linear keeps a unit's weights in a row (out × in), ScratchLinear in a column.
             dim = 0 if isinstance(layer, nn.Linear) else 1
-            layer.weight.copy_(layer.weight.renorm(2, dim, max_norm))
+            layer.weight.copy_(layer.weight.renorm(2, dim, self.max_norm))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(x.shape[0], -1)

@@ -2,77 +2,62 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+import math
+from dataclasses import asdict
 
 import lightning as L
 import torch
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mlp_lab.losses import build_loss, loss_options
+from mlp_lab.losses import build_loss
 from mlp_lab.model import MLP
 
 STAGES = ("train", "val", "test")
+SECTIONS = ("model", "loss", "optimizer")  # the config sections a model is made of
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 SCHEDULES = ("none", "cosine", "onecycle")
 
 
-class MLPClassifier(L.LightningModule):
-    """All settings live in hparams: `load_from_checkpoint(path)` alone rebuilds it."""
+class TrainingDiverged(RuntimeError):
+    """The training loss stopped being a finite number."""
 
-    def __init__(
-        self,
-        in_features: int = 784,
-        num_classes: int = 10,
-        hidden: Sequence[int] = (256, 256),
-        activation: str = "relu",
-        init_std: float | None = 0.01,
-        mean: float = 0.0,
-        std: float = 1.0,
-        dropout: float = 0.0,
-        batch_norm: bool = False,
-        impl: str = "torch",
-        loss: str = "ce",
-        loss_params: dict | None = None,
-        optimizer: str = "sgd",
-        lr: float = 0.1,
-        momentum: float = 0.0,
-        weight_decay: float = 0.0,
-        nesterov: bool = False,
-        schedule: str = "none",
-        warmup: float = 0.3,
-        max_norm: float | None = None,
-        dataset: str = "",
-        class_names: Sequence[str] = (),
-    ):
+
+class MLPClassifier(L.LightningModule):
+    """Trains an `MLP`; its hparams are the config's sections, so `load_from_checkpoint(path)` alone
+    rebuilds it, input normalisation and class names included."""
+
+    def __init__(self, model: dict, loss: dict, optimizer: dict, data: dict):
+        """`model`, `loss`, `optimizer`: the config's sections; `data`: `MNISTDataModule.facts`."""
         super().__init__()
-        # In the checkpoint; the logger gets the run's whole config, with its results, at the end.
+        # In the checkpoint; the logger gets the run's settings, with its results, at the end.
         self.save_hyperparameters(logger=False)
         # The step is written out in training_step: Lightning's automatic optimisation wraps each
         # one in a closure and several hooks, which cost more than the step itself on the CPU.
         self.automatic_optimization = False
+        network = {k: v for k, v in model.items() if k in inspect.signature(MLP).parameters}
         self.model = MLP(
-            in_features,
-            hidden,
-            num_classes,
-            activation=activation,
-            init_std=init_std,
-            mean=mean,
-            std=std,
-            dropout=dropout,
-            batch_norm=batch_norm,
-            impl=impl,
+            in_features=data["in_features"],
+            num_classes=data["num_classes"],
+            mean=data["mean"],
+            std=data["std"],
+            **network,
         )
         # A loss that penalises parameters (ce_l2) is handed the model.
-        uses_model = {"model": self.model} if "model" in loss_options(loss) else {}
-        self.criterion = build_loss(loss, **(loss_params or {}), **uses_model)
+        self.criterion = build_loss(**loss, model=self.model)
         # One metric object per stage, so running states never mix; torchmetrics syncs them across
         # processes under DDP.
         for stage in STAGES:
-            # A NaN loss is caught per epoch by the training record, not per step here.
+            # A NaN loss is caught once per epoch, in on_train_epoch_end, not per step here.
             setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
-            acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+            acc = MulticlassAccuracy(data["num_classes"], average="micro", validate_args=False)
             setattr(self, f"{stage}_acc", acc)
+
+    @classmethod
+    def from_config(cls, cfg, data: dict) -> MLPClassifier:
+        """The model of a `TrainConfig`, for a dataset with these facts."""
+        return cls(**{name: asdict(getattr(cfg, name)) for name in SECTIONS}, data=data)
 
     @property
     def num_parameters(self) -> int:
@@ -109,8 +94,7 @@ class MLPClassifier(L.LightningModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        if self.hparams.max_norm:
-            self.model.apply_max_norm(self.hparams.max_norm)
+        self.model.apply_max_norm()
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -122,8 +106,18 @@ class MLPClassifier(L.LightningModule):
         self._step(batch, "test")
 
     def on_train_epoch_end(self):
-        """Log the epoch's training loss and accuracy."""
+        """Log the epoch's training loss and accuracy; stop if the loss is no longer finite."""
+        loss = float(self.train_loss.compute())
         self._log_epoch("train")
+        # Raised before the checkpoint callbacks, which run after this hook: NaN weights are never
+        # saved.
+        if not math.isfinite(loss):
+            epoch = self.current_epoch + 1
+            kept = "; the checkpoints of the epochs before it are kept" if epoch > 1 else ""
+            raise TrainingDiverged(
+                f"training loss is {loss} at epoch {epoch}: lower optimizer.lr or change the "
+                f"loss{kept}"
+            )
 
     def on_validation_epoch_end(self):
         """Log the validation loss and accuracy."""
@@ -135,19 +129,19 @@ class MLPClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         """The optimizer named in the config, over all parameters."""
-        hp = self.hparams
-        kwargs = {"lr": hp.lr, "weight_decay": hp.weight_decay}
-        if hp.optimizer == "sgd":
-            kwargs.update(momentum=hp.momentum, nesterov=hp.nesterov)
-        optimizer = OPTIMIZERS[hp.optimizer](self.parameters(), **kwargs)
-        if hp.schedule == "none":
+        hp = self.hparams.optimizer
+        kwargs = {"lr": hp["lr"], "weight_decay": hp["weight_decay"]}
+        if hp["name"] == "sgd":
+            kwargs.update(momentum=hp["momentum"], nesterov=hp["nesterov"])
+        optimizer = OPTIMIZERS[hp["name"]](self.parameters(), **kwargs)
+        if hp["schedule"] == "none":
             return optimizer
         steps = int(self.trainer.estimated_stepping_batches)
-        if hp.schedule == "cosine":
+        if hp["schedule"] == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         else:
             scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=hp.lr, total_steps=steps, pct_start=hp.warmup
+                optimizer, max_lr=hp["lr"], total_steps=steps, pct_start=hp["warmup"]
             )
         return {
             "optimizer": optimizer,

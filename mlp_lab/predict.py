@@ -9,7 +9,6 @@ prepared as the training data was: grayscale, 28×28, light backgrounds inverted
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,9 @@ from omegaconf.errors import MissingMandatoryValue
 from PIL import Image, UnidentifiedImageError
 
 from mlp_lab.data import DataError, default_root, fetch, load_split
+from mlp_lab.figures import plot_predictions
 from mlp_lab.module import MLPClassifier
-from mlp_lab.report import plot_predictions
+from mlp_lab.runs import RunError, load_model
 
 
 class PredictError(RuntimeError):
@@ -37,33 +37,6 @@ class PredictConfig:
     n: int = 12  # without images: how many test images to predict and draw
     out: str = "predictions.png"  # without images: where the grid goes
     top: int = 3
-
-
-def load_model(ckpt: Path | str) -> MLPClassifier:
-    """The model of a checkpoint file, or of a run directory's best checkpoint."""
-    path = Path(ckpt)
-    if path.is_dir():
-        metrics = path / "metrics.json"
-        if not metrics.is_file():
-            raise PredictError(f"{path} is not a finished mlp_lab run (no metrics.json)")
-        record = json.loads(metrics.read_text())
-        if "checkpoint" not in record:
-            raise PredictError(
-                f"{path} is not a finished run (status {record.get('status')}): give one of its "
-                "checkpoints/*.ckpt, or resume it first"
-            )
-        path = path / record["checkpoint"]
-    if not path.is_file():
-        raise PredictError(f"checkpoint {path} not found")
-    try:
-        hparams = torch.load(path, map_location="cpu", weights_only=False).get(
-            "hyper_parameters", {}
-        )
-    except Exception as err:  # pickle, zip and torch errors alike: not a checkpoint we can read
-        raise PredictError(f"{path} is not a checkpoint: {err}") from None
-    if "class_names" not in hparams or "hidden" not in hparams:
-        raise PredictError(f"{path} is not an mlp_lab checkpoint (no class names or hidden widths)")
-    return MLPClassifier.load_from_checkpoint(path, map_location="cpu").eval()
 
 
 def prepare_image(path: Path | str) -> torch.Tensor:
@@ -88,7 +61,7 @@ def top_classes(model: MLPClassifier, x: torch.Tensor, k: int = 3) -> list[tuple
     with torch.no_grad():
         probs = model(x).softmax(dim=1)[0]
     values, indices = probs.topk(min(k, len(probs)))
-    names = model.hparams.class_names
+    names = model.hparams.data["class_names"]
     return [(names[i], v) for i, v in zip(indices.tolist(), values.tolist(), strict=True)]
 
 
@@ -109,13 +82,13 @@ def predict_images(model: MLPClassifier, images: list[str], top: int = 3) -> int
 
 def predict_test_images(model: MLPClassifier, n: int, out: Path) -> Path:
     """The first n test images of the checkpoint's dataset, drawn as a "true / pred" grid."""
-    dataset = model.hparams.dataset
+    dataset = model.hparams.data["name"]
     root = default_root()
     fetch(dataset, root)
     x, y = load_split(dataset, root, "test")
     with torch.no_grad():
         preds = model(x[:n]).argmax(dim=1)
-    plot_predictions(x[:n], y[:n], preds, model.hparams.class_names, out, n=n)
+    plot_predictions(x[:n], y[:n], preds, model.hparams.data["class_names"], out, n=n)
     right = int((preds == y[:n]).sum())
     print(f"{right}/{n} of the first {dataset} test images right; grid in {out}")
     return out
@@ -135,7 +108,7 @@ def main(cfg: DictConfig) -> None:
         if not config.images:
             predict_test_images(model, config.n, Path(config.out))
             return
-    except (PredictError, DataError) as err:
+    except (RunError, DataError) as err:
         raise SystemExit(f"error: {err}") from None
     if predict_images(model, config.images, config.top):
         raise SystemExit(1)

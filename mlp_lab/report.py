@@ -1,4 +1,4 @@
-"""Figures of one run, and the report that compares runs.
+"""The report that compares runs: one table and one figure per study.
 
     python -m mlp_lab.report outputs/studies/batch_norm/2026-11-28_17-06-41 [more dirs] [--out DIR]
 
@@ -10,7 +10,6 @@ and seeds are averaged.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import platform
@@ -22,10 +21,11 @@ from datetime import date
 from pathlib import Path
 
 import torch
-import yaml
-
-# Figure objects rather than pyplot: no global figure registry, no GUI backend, nothing to close.
 from matplotlib.figure import Figure
+
+from mlp_lab import runs
+from mlp_lab.config import LOGISTICS
+from mlp_lab.figures import save
 
 log = logging.getLogger(__name__)
 
@@ -39,79 +39,8 @@ COLUMNS = (
     "s/epoch",
     "total s",
 )
-# Overrides that change how a run is shown, not what it computes.
-COSMETIC = (
-    "experiment",
-    "hparams_search",
-    "trainer.enable_progress_bar",
-    "trainer.enable_model_summary",
-    "hydra.",
-)
-
-
-def plot_curves(history: list[dict], path: Path | None = None):
-    """Loss and accuracy per epoch, train and validation, like the lab's plots."""
-    epochs = [e["epoch"] for e in history]
-    fig = Figure(figsize=(10, 4))
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
-        ax.plot(
-            epochs, [e[f"train_{metric}"] for e in history], "o-", ms=3, label=f"train {metric}"
-        )
-        ax.plot(epochs, [e[f"val_{metric}"] for e in history], "s-", ms=3, label=f"val {metric}")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("loss" if metric == "loss" else "accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_predictions(images, targets, preds, class_names, path: Path | None = None, n: int = 12):
-    """The first n images titled "true: X / pred: Y"; wrong predictions in red."""
-    n = min(n, len(images))
-    cols = min(n, 6)
-    rows = math.ceil(n / cols)
-    fig = Figure(figsize=(1.9 * cols, 2.3 * rows))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i >= n:
-            continue
-        true, pred = class_names[int(targets[i])], class_names[int(preds[i])]
-        wrong = int(targets[i]) != int(preds[i])
-        ax.imshow(images[i].reshape(28, 28).cpu().numpy(), cmap="binary")
-        title = f"true: {true}\npred: {pred}" + (" ✗" if wrong else "")
-        ax.set_title(title, fontsize=8, color="red" if wrong else "black")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_confusion(matrix, class_names, path: Path | None = None):
-    """Counts of true class (rows) against predicted class (columns)."""
-    matrix = torch.as_tensor(matrix).cpu().numpy()
-    k = len(class_names)
-    fig = Figure(figsize=(7, 6))
-    ax = fig.subplots()
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(k), class_names, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    threshold = matrix.max() / 2
-    for i in range(k):
-        for j in range(k):
-            value = int(matrix[i, j])
-            color = "white" if value > threshold else "black"
-            ax.text(j, i, value, ha="center", va="center", fontsize=7, color=color)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def _save(fig, path: Path | None):
-    if path is not None:
-        fig.savefig(path, dpi=100)
-    return fig
+# Overrides that change how a run is carried out or shown, not what it computes.
+COSMETIC = ("experiment", "hparams_search", "hydra.", *LOGISTICS)
 
 
 @dataclass
@@ -135,18 +64,16 @@ def find_studies(dirs: list[Path]) -> list[Study]:
     for directory in dirs:
         if not directory.is_dir():
             raise FileNotFoundError(f"{directory} is not a directory")
-        run_dirs = sorted((p.parent for p in directory.rglob(".hydra")), key=_job_order)
-        for run_dir in run_dirs:
+        for run_dir in runs.find_runs(directory):
             is_job = (run_dir.parent / "multirun.yaml").is_file()
             home = run_dir.parent if is_job else run_dir
-            overrides = _overrides(run_dir)
+            overrides = runs.overrides(run_dir)
             name = overrides.get("experiment") or home.name
             study = studies.setdefault(home, Study(name, home))
-            metrics = run_dir / "metrics.json"
             try:
-                record = json.loads(metrics.read_text())
-            except (OSError, json.JSONDecodeError):
-                study.skipped[run_dir] = "no metrics.json: crashed or still running"
+                record = runs.read_record(run_dir)
+            except runs.RunError as err:
+                study.skipped[run_dir] = str(err)
                 continue
             status = record.get("status", "completed")
             if status == "completed":
@@ -160,18 +87,6 @@ def find_studies(dirs: list[Path]) -> list[Study]:
             "give run or sweep directories, e.g. outputs/studies/<study>/<time>"
         )
     return sorted(studies.values(), key=lambda s: str(s.path))
-
-
-def _job_order(path: Path) -> tuple:
-    """Sweep jobs in launch order: 2 before 10."""
-    return (str(path.parent), int(path.name) if path.name.isdigit() else -1, path.name)
-
-
-def _overrides(run_dir: Path) -> dict[str, str]:
-    path = run_dir / ".hydra" / "overrides.yaml"
-    items = (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
-    pairs = (item.split("=", 1) for item in items if "=" in item)
-    return {k.lstrip("+~"): v for k, v in pairs}
 
 
 def swept_keys(runs: list[Run]) -> list[str]:
@@ -268,7 +183,7 @@ def plot_study(study: Study, path: Path | None = None):
         ax.legend(fontsize=7)
     fig.suptitle(study.name)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def write_report(dirs: list[Path], out: Path) -> Path:

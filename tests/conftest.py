@@ -1,21 +1,31 @@
-"""Fixtures: tiny synthetic IDX datasets, the real data root, and the composed Hydra config."""
+"""Shared helpers: tiny synthetic IDX datasets, the real data root, config overrides that shrink a
+run, a quiet Trainer, a model built from the config, and the command-line runner."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-import mlp_lab.train  # noqa: F401  (registers the config schema)
-from mlp_lab.data import IMAGE_MAGIC, LABEL_MAGIC, PROJECT_DIR, idx_files
+import mlp_lab.train  # noqa: F401  (registers the resolvers of conf/train.yaml)
+from mlp_lab.config import load_config
+from mlp_lab.data import IMAGE_MAGIC, LABEL_MAGIC, PROJECT_DIR, default_root, idx_files
+from mlp_lab.module import MLPClassifier
 
 CONF_DIR = str(PROJECT_DIR / "conf")
+# A dataset's facts as MNISTDataModule.facts gives them, for models built without data.
+FACTS = {
+    "name": "fashion_mnist",
+    "in_features": 784,
+    "num_classes": 10,
+    "mean": 0.2,
+    "std": 0.3,
+    "class_names": list("abcdefghij"),
+}
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -53,31 +63,48 @@ def synthetic_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def real_data_root() -> Path:
     """The full datasets: MLP_LAB_DATA (CI sets it to ../shared/data), else data/ in the project."""
-    root = Path(os.environ.get("MLP_LAB_DATA") or PROJECT_DIR / "data")
+    root = default_root()
     if not (root / "FashionMNIST" / "raw").is_dir():
         pytest.fail(f"real datasets not found in {root}: set MLP_LAB_DATA or run `make data`")
     return root
 
 
-def make_config(*overrides: str):
-    """The real composed config, as `python -m mlp_lab.train <overrides>` would see it."""
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides))
-    return OmegaConf.to_object(cfg)
+def quiet(root: Path, *extra: str) -> list[str]:
+    """Overrides for a run on the data in `root` that prints only its summary."""
+    return [
+        f"data.root={root}",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        *extra,
+    ]
 
 
 def fast_overrides(root: Path, *extra: str) -> list[str]:
     """Shrink a run to seconds on the synthetic data."""
-    return [
-        f"data.root={root}",
+    return quiet(
+        root,
         "data.val_size=200",
         "data.batch_size=64",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
         "trainer.accelerator=cpu",
         "trainer.log_every_n_steps=1",
         *extra,
-    ]
+    )
+
+
+def quiet_trainer(**kwargs) -> L.Trainer:
+    """A Trainer that writes nothing and prints nothing."""
+    defaults = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+def classifier(*overrides: str) -> MLPClassifier:
+    """The model that `python -m mlp_lab.train <overrides>` would train, for a dataset of FACTS."""
+    return MLPClassifier.from_config(load_config(*overrides), FACTS)
 
 
 def run_module(module: str, *args: str) -> subprocess.CompletedProcess:

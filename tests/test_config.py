@@ -1,15 +1,14 @@
 import re
 
 import pytest
-from conftest import make_config
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ValidationError
 
-from mlp_lab.config import ConfigError, SweepError, check_sweep
+from mlp_lab.config import ConfigError, SweepError, check_sweep, load_config
 
 
 def test_default_config_is_the_lab_baseline():
-    cfg = make_config()
+    cfg = load_config()
     assert cfg.data.name == "fashion_mnist" and cfg.data.batch_size == 256
     assert cfg.data.val_size == 5000
     assert cfg.model.hidden == [256, 256] and cfg.model.activation == "relu"
@@ -20,7 +19,7 @@ def test_default_config_is_the_lab_baseline():
 
 
 def test_mnist_option_switches_dataset_only():
-    cfg = make_config("data=mnist")
+    cfg = load_config("data=mnist")
     assert cfg.data.name == "mnist" and cfg.data.batch_size == 256
 
 
@@ -55,7 +54,7 @@ def test_mnist_option_switches_dataset_only():
 )
 def test_bad_values_fail_naming_key_and_allowed_values(override, message):
     with pytest.raises(ConfigError, match=message):
-        make_config(*override.split())
+        load_config(*override.split())
 
 
 @pytest.mark.parametrize(
@@ -69,7 +68,7 @@ def test_bad_values_fail_naming_key_and_allowed_values(override, message):
     ],
 )
 def test_each_loss_gets_only_its_own_options(loss, params):
-    assert make_config(f"loss={loss}").loss.params() == params
+    assert load_config(f"loss={loss}").loss.params() == params
 
 
 @pytest.mark.parametrize(
@@ -82,7 +81,7 @@ def test_each_loss_gets_only_its_own_options(loss, params):
     ],
 )
 def test_model_options(model, hidden):
-    cfg = make_config(f"model={model}")
+    cfg = load_config(f"model={model}")
     assert cfg.model.hidden == hidden and cfg.model.init_std == 0.01 and cfg.model.impl == "torch"
 
 
@@ -115,16 +114,16 @@ def test_every_study_composes_with_its_sweep(study):
 
 def test_misspelt_group_option_lists_the_options():
     with pytest.raises(MissingConfigException) as err:
-        make_config("data=fashoin")
+        load_config("data=fashoin")
     assert "fashion_mnist" in str(err.value.options) and "mnist" in err.value.options
 
 
 def test_wrong_type_and_unknown_key_fail_at_composition():
     with pytest.raises(ConfigCompositionException) as err:
-        make_config("data.batch_size=many")
+        load_config("data.batch_size=many")
     assert isinstance(err.value.__cause__, ValidationError)
     with pytest.raises(ConfigCompositionException, match="model.hiden"):
-        make_config("model.hiden=[3]")
+        load_config("model.hiden=[3]")
 
 
 def _with_hydra(*overrides):
@@ -162,7 +161,7 @@ def test_slurm_launcher_config_names_the_cluster_settings():
 
 
 def test_ddp_trainer_runs_two_processes():
-    cfg = make_config("trainer=ddp")
+    cfg = load_config("trainer=ddp")
     assert (cfg.trainer.strategy, cfg.trainer.devices, cfg.trainer.num_nodes) == ("ddp", 2, 1)
 
 
@@ -175,7 +174,7 @@ def test_ddp_is_refused_inside_a_sweep_unless_slurm_starts_the_processes():
 
 def test_resume_and_ckpt_path_exclude_each_other():
     with pytest.raises(ConfigError, match="not both"):
-        make_config("resume=outputs/runs/a", "ckpt_path=a.ckpt")
+        load_config("resume=outputs/runs/a", "ckpt_path=a.ckpt")
 
 
 @pytest.mark.parametrize(
@@ -190,14 +189,14 @@ def test_resume_and_ckpt_path_exclude_each_other():
 )
 def test_training_options_reject_bad_values(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        make_config(*overrides)
+        load_config(*overrides)
 
 
 @pytest.mark.parametrize(
     "name, dataset", [("best_mnist", "mnist"), ("best_fashion", "fashion_mnist")]
 )
 def test_best_experiments_are_mlps_with_the_fields_options(name, dataset):
-    cfg = make_config(f"experiment={name}")
+    cfg = load_config(f"experiment={name}")
     assert cfg.data.name == dataset and cfg.data.shift > 0 and cfg.model.batch_norm
     assert cfg.optimizer.schedule == "onecycle" and cfg.loss.label_smoothing > 0
     assert cfg.model.hidden and cfg.trainer.max_epochs <= 60

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import fast_overrides, make_config, synthetic_images, write_idx
+from conftest import classifier, fast_overrides, quiet_trainer, synthetic_images, write_idx
 
 from mlp_lab import data
+from mlp_lab.config import load_config
 from mlp_lab.data import DataError, MNISTDataModule, TensorBatches, check_idx, fetch, idx_files
-from mlp_lab.module import MLPClassifier
 from mlp_lab.train import train
 
 
@@ -110,7 +110,7 @@ def test_a_default_run_builds_no_dataloader_and_reads_no_single_image(
 
     monkeypatch.setattr(torch.utils.data.DataLoader, "__init__", record_loader)
     monkeypatch.setattr(torchvision.datasets.MNIST, "__getitem__", record_item)
-    record = train(make_config(*fast_overrides(synthetic_root, "trainer.max_epochs=1")), tmp_path)
+    record = train(load_config(*fast_overrides(synthetic_root, "trainer.max_epochs=1")), tmp_path)
     assert record["epochs"] == 1 and record["test_acc"] is not None
     assert loaders == [] and items == []
 
@@ -127,17 +127,8 @@ class RecordDevices(L.Callback):
 def test_gpu_run_keeps_split_tensors_on_the_device_skipped_without_gpu(synthetic_root):
     dm = MNISTDataModule("fashion_mnist", synthetic_root, batch_size=64, val_size=200)
     devices = RecordDevices()
-    trainer = L.Trainer(
-        accelerator="gpu",
-        devices=1,
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[devices],
-    )
-    trainer.fit(MLPClassifier(hidden=[32]), datamodule=dm)
+    trainer = quiet_trainer(accelerator="gpu", devices=1, max_epochs=1, callbacks=[devices])
+    trainer.fit(classifier("model.hidden=[32]"), datamodule=dm)
     assert devices.model.type == "cuda"
     assert devices.splits == {split: {devices.model} for split in ("train", "val", "test")}
 

@@ -1,9 +1,14 @@
 import json
 
 import pytest
+import torch
 from conftest import run_module
+from torch import nn
 
-from benchmarks.epoch_speed import VARIANTS, epoch_flops
+from benchmarks.epoch_speed import epoch_flops
+from benchmarks.variants import VARIANTS, build_plain
+from mlp_lab.config import load_config
+from mlp_lab.train import build
 
 
 def test_epoch_flops_match_a_hand_count():
@@ -13,8 +18,25 @@ def test_epoch_flops_match_a_hand_count():
     assert epoch_flops([2, 3, 1], n_train=1, n_eval=2) == 3 * 18 + 2 * 18
 
 
+def test_plain_loops_train_the_network_that_mlp_lab_builds(synthetic_root):
+    # Options a hand-written copy of the model's arguments would miss: (c) and (d) must train them.
+    cfg = load_config(f"data.root={synthetic_root}", "model.dropout=0.2", "model.batch_norm=true")
+    _, module = build(cfg)  # what (a) and (b) train
+    _, model, optimizer = build_plain(cfg, torch.device("cpu"))
+    assert str(model) == str(module.model)  # the same layers in the same order
+    assert sum(p.numel() for p in model.parameters()) == module.num_parameters
+    assert [m.p for m in model.modules() if isinstance(m, nn.Dropout)] == [0.2, 0.2]
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in model.modules()) == 2
+    # Seeded alike: the same initial weights and the same input normalisation buffers.
+    ours, theirs = model.state_dict(), module.model.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert model.mean.item() > 0  # model.normalize is on: the dataset's mean
+    assert optimizer.param_groups[0]["lr"] == cfg.optimizer.lr
+
+
 @pytest.mark.real_data
-def test_quick_run_times_every_variant_and_writes_json(real_data_root, tmp_path):
+def test_quick_run_times_every_variant_and_writes_json_and_markdown(real_data_root, tmp_path):
     out = tmp_path / "results.json"
     args = ("--quick", "--batch-sizes", "256", "--out", str(out))
     done = run_module("benchmarks.epoch_speed", *args)
@@ -29,4 +51,11 @@ def test_quick_run_times_every_variant_and_writes_json(real_data_root, tmp_path)
         assert variant["rss_mb"] > 0
     assert summary["variants"]["d"]["worker_rss_mb"] > 0  # the lab's pipeline runs workers
     assert set(summary["ratios"]["256"]) == {"a_over_c", "d_over_a"}
-    assert "| (d) lab: ToTensor + DataLoader | 256 |" in done.stdout
+    # The same table in the terminal and in results.md, under the command and the machine.
+    report = out.with_suffix(".md").read_text()
+    assert report in done.stdout
+    assert report.startswith("`python -m benchmarks.epoch_speed --quick --batch-sizes 256 --out ")
+    head = "\n".join(report.splitlines()[:2])
+    assert all(str(summary[fact]) in head for fact in ("commit", "cpu", "torch", "date"))
+    for key, label in VARIANTS.items():
+        assert f"| ({key}) {label} | 256 |" in report

@@ -177,13 +177,13 @@ def test_scratch_mlp_equals_torch_mlp_outputs_and_gradients(activation):
 @pytest.mark.parametrize("impl", ["torch", "scratch"])
 def test_max_norm_caps_every_units_incoming_weights_and_spares_shorter_ones(impl):
     torch.manual_seed(0)
-    model = MLP(20, [8, 6], 3, impl=impl, init_std=None)
+    model = MLP(20, [8, 6], 3, impl=impl, init_std=None, max_norm=2.0)
     layer = model.linear_layers()[0]
     unit_dim = 1 if impl == "torch" else 0  # the axis that runs over one unit's inputs
     with torch.no_grad():
         layer.weight.mul_(torch.linspace(0.5, 30, 8).unsqueeze(unit_dim))
     before = [lin.weight.detach().clone() for lin in model.linear_layers()]
-    model.apply_max_norm(2.0)
+    model.apply_max_norm()
     for old, lin in zip(before, model.linear_layers(), strict=True):
         norms, old_norms = lin.weight.norm(dim=unit_dim), old.norm(dim=unit_dim)
         assert (norms <= 2.0 + 1e-5).all()
@@ -193,3 +193,10 @@ def test_max_norm_caps_every_units_incoming_weights_and_spares_shorter_ones(impl
         assert torch.equal(lin.weight.index_select(1 - unit_dim, short.nonzero().squeeze(1)), kept)
         torch.testing.assert_close(norms[~short], torch.full_like(norms[~short], 2.0))
     assert (before[0].norm(dim=unit_dim) > 2).any()  # the test did cap something
+    unbounded = MLP(20, [8, 6], 3, impl=impl)
+    weights = [lin.weight.detach().clone() for lin in unbounded.linear_layers()]
+    unbounded.apply_max_norm()  # max_norm None: nothing changes
+    assert all(
+        torch.equal(w, lin.weight)
+        for w, lin in zip(weights, unbounded.linear_layers(), strict=True)
+    )

@@ -1,13 +1,13 @@
-import json
-
 import numpy as np
 import pytest
 import torch
-from conftest import make_config, run_module
+from conftest import quiet, run_module
 from PIL import Image
 
+from mlp_lab.config import load_config
 from mlp_lab.data import load_split
-from mlp_lab.predict import PredictError, load_model, predict_images, prepare_image
+from mlp_lab.predict import PredictError, predict_images, prepare_image
+from mlp_lab.runs import load_model
 
 
 def save_png(path, array):
@@ -41,33 +41,11 @@ def test_bad_image_errors_name_the_file(tmp_path, content, message):
         prepare_image(path)
 
 
-def test_a_checkpoint_that_is_not_mlp_labs_is_refused(tmp_path):
-    path = tmp_path / "other.ckpt"
-    torch.save({"state_dict": {}}, path)
-    with pytest.raises(PredictError, match="not an mlp_lab checkpoint"):
-        load_model(path)
-    (tmp_path / "text.ckpt").write_text("hello")
-    with pytest.raises(PredictError, match="is not a checkpoint"):
-        load_model(tmp_path / "text.ckpt")
-
-
-def test_an_unfinished_run_directory_is_refused_with_what_to_do(tmp_path):
-    record = {"status": "interrupted", "history": [], "error": "interrupted in epoch 3"}
-    (tmp_path / "metrics.json").write_text(json.dumps(record))
-    with pytest.raises(PredictError, match="not a finished run \\(status interrupted\\)"):
-        load_model(tmp_path)
-
-
 @pytest.mark.real_data
 def test_predicts_real_test_digits_from_png_files(real_data_root, tmp_path, capsys):
     from mlp_lab.train import train
 
-    cfg = make_config(
-        "data=mnist",
-        f"data.root={real_data_root}",
-        "trainer.max_epochs=2",
-        "trainer.enable_progress_bar=false",
-    )
+    cfg = load_config(*quiet(real_data_root, "data=mnist", "trainer.max_epochs=2"))
     run_dir = tmp_path / "run"
     train(cfg, run_dir)
     model = load_model(run_dir)  # a run directory: its best checkpoint

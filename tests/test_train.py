@@ -3,27 +3,27 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 import optuna
 import pytest
 import torch
 import yaml
-from conftest import fast_overrides, make_config, run_module
+from conftest import fast_overrides, quiet, run_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from mlp_lab.config import ConfigError
+from mlp_lab.config import ConfigError, load_config
 from mlp_lab.data import PROJECT_DIR, MNISTDataModule, idx_files, load_split
-from mlp_lab.module import MLPClassifier
+from mlp_lab.module import MLPClassifier, TrainingDiverged
 from mlp_lab.report import find_studies
-from mlp_lab.train import TrainingDiverged, resumed_config, train
+from mlp_lab.runs import resumed_config
+from mlp_lab.train import train
 
 RECORD_KEYS = {
-    "dataset",
-    "hidden",
-    "activation",
-    "loss",
+    "status",
+    "config",
     "params",
-    "seed",
     "epochs",
     "history",
     "best_val_acc",
@@ -38,7 +38,7 @@ EPOCH_KEYS = {"train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s"}
 
 
 def test_training_lowers_loss_and_records_the_run(synthetic_root, tmp_path):
-    cfg = make_config(
+    cfg = load_config(
         *fast_overrides(
             synthetic_root, "trainer.max_epochs=3", "model.hidden=[64,32]", "model.init_std=null"
         )
@@ -47,7 +47,8 @@ def test_training_lowers_loss_and_records_the_run(synthetic_root, tmp_path):
     record = train(cfg, run_dir)
 
     assert json.loads((run_dir / "metrics.json").read_text()) == record
-    assert record.keys() >= RECORD_KEYS
+    assert record.keys() >= RECORD_KEYS and record["status"] == "completed"
+    assert record["config"] == asdict(cfg)  # the settings come whole from the config
     history = record["history"]
     assert [e["epoch"] for e in history] == [1, 2, 3] and all(
         e.keys() >= EPOCH_KEYS for e in history
@@ -76,7 +77,17 @@ def test_training_lowers_loss_and_records_the_run(synthetic_root, tmp_path):
     assert len(events.Scalars("train/loss")) == len(events.Scalars("time/epoch_s")) == 3
     assert "lr-SGD" in scalars and {"test/acc", "test/loss"} <= set(scalars)
     assert {"curves", "predictions", "confusion"} <= set(events.Tags()["images"])
-    assert events.PluginTagToContent("hparams")
+    # HPARAMS compares the settings that define a run, not where its files are.
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = HParamsPluginData.FromString(content).session_start_info.hparams
+    assert {"model/hidden", "optimizer/lr", "loss/name", "data/name", "seed"} <= hparams.keys()
+    assert {
+        "trainer/max_epochs",
+        "data/shift",
+        "data/flip",
+        "loss/label_smoothing",
+    } <= hparams.keys()
+    assert not {"data/root", "ckpt_path", "data/download", "loss/gamma"} & hparams.keys()
 
     # test_acc is the best checkpoint's accuracy on the official test split, recomputed here.
     ckpt = run_dir / record["checkpoint"]
@@ -90,8 +101,8 @@ def test_training_lowers_loss_and_records_the_run(synthetic_root, tmp_path):
 
 def test_same_seed_same_run(synthetic_root, tmp_path):
     overrides = fast_overrides(synthetic_root, "trainer.max_epochs=1", "model.hidden=[16]")
-    a = train(make_config(*overrides), tmp_path / "a")
-    b = train(make_config(*overrides), tmp_path / "b")
+    a = train(load_config(*overrides), tmp_path / "a")
+    b = train(load_config(*overrides), tmp_path / "b")
     assert a["history"][0]["train_loss"] == b["history"][0]["train_loss"]
     assert a["test_acc"] == b["test_acc"]
 
@@ -99,7 +110,7 @@ def test_same_seed_same_run(synthetic_root, tmp_path):
 def test_diverging_loss_stops_with_clear_error_and_saves_no_broken_checkpoint(
     synthetic_root, tmp_path
 ):
-    cfg = make_config(*fast_overrides(synthetic_root, "trainer.max_epochs=4", "optimizer.lr=1e12"))
+    cfg = load_config(*fast_overrides(synthetic_root, "trainer.max_epochs=4", "optimizer.lr=1e12"))
     with pytest.raises(
         TrainingDiverged, match=r"training loss is nan at epoch 1: lower optimizer.lr"
     ):
@@ -143,14 +154,9 @@ def test_cli_corrupt_dataset_stops_before_training(synthetic_root, tmp_path):
 def test_one_epoch_on_real_fashion_mnist(real_data_root, tmp_path):
     # torch's default initialisation: the lab's N(0, 0.01²) weights start slowly and sit at
     # 0.746-0.770 val accuracy after one epoch depending on the seed (0.870 after ten).
-    cfg = make_config(
-        f"data.root={real_data_root}",
-        "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false",
-        "model.init_std=null",
-    )
+    cfg = load_config(*quiet(real_data_root, "trainer.max_epochs=1", "model.init_std=null"))
     record = train(cfg, tmp_path / "run")
-    assert record["dataset"] == "fashion_mnist" and record["params"] == 269_322
+    assert record["config"]["data"]["name"] == "fashion_mnist" and record["params"] == 269_322
     assert record["best_val_acc"] >= 0.75
     assert 0.7 <= record["test_acc"] <= 1 and 0 < record["test_loss"] < 1.5
 
@@ -160,15 +166,15 @@ def test_study_sweep_runs_every_variant(synthetic_root, tmp_path):
     overrides = fast_overrides(synthetic_root, "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}")
     result = run_module("mlp_lab.train", "-m", "experiment=width", *overrides)
     assert result.returncode == 0, result.stderr[-2000:]
-    hidden = [json.loads((sweep / str(n) / "metrics.json").read_text())["hidden"] for n in range(3)]
+    hidden = [_metrics(sweep / str(n))["config"]["model"]["hidden"] for n in range(3)]
     assert hidden == [[256, 256], [512, 256], [256, 128]]
 
 
 def test_scratch_network_with_dropout_and_batch_norm_trains(synthetic_root, tmp_path):
     overrides = ["model.impl=scratch", "model.dropout=0.2", "model.batch_norm=true"]
-    cfg = make_config(*fast_overrides(synthetic_root, "trainer.max_epochs=2", *overrides))
+    cfg = load_config(*fast_overrides(synthetic_root, "trainer.max_epochs=2", *overrides))
     record = train(cfg, tmp_path / "run")
-    assert record["impl"] == "scratch" and record["best_val_acc"] > 0.9
+    assert record["config"]["model"]["impl"] == "scratch" and record["best_val_acc"] > 0.9
     assert record["history"][-1]["train_loss"] < record["history"][0]["train_loss"]
 
 
@@ -312,7 +318,7 @@ def test_parallel_and_cluster_launchers_run_every_job(launcher, synthetic_root, 
     result = run_module("mlp_lab.train", "-m", "seed=0,1", *launcher, *overrides)
     assert result.returncode == 0, result.stderr[-2000:]
     records = [_metrics(tmp_path / str(n)) for n in range(2)]
-    assert [r["seed"] for r in records] == [0, 1]
+    assert [r["config"]["seed"] for r in records] == [0, 1]
     assert all(r["status"] == "completed" and len(r["history"]) == 1 for r in records)
 
 
@@ -355,7 +361,7 @@ def test_every_training_option_together_trains(synthetic_root, tmp_path):
         "model.batch_norm=true",
         "model.init_std=null",
     ]
-    cfg = make_config(*fast_overrides(synthetic_root, "trainer.max_epochs=3", *options))
+    cfg = load_config(*fast_overrides(synthetic_root, "trainer.max_epochs=3", *options))
     record = train(cfg, tmp_path / "run")
     # Chance is 0.1; shifting by 2 rows moves this synthetic data's class stripe onto its
     # neighbour's, so it cannot reach the 0.9+ of unshifted training here.
@@ -375,7 +381,7 @@ def test_compile_option_trains_the_compiled_module(synthetic_root, tmp_path, mon
         return module
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    cfg = make_config(*fast_overrides(synthetic_root, "trainer.max_epochs=1", "model.compile=true"))
+    cfg = load_config(*fast_overrides(synthetic_root, "trainer.max_epochs=1", "model.compile=true"))
     train(cfg, tmp_path / "run")
     assert len(compiled) == 1 and isinstance(compiled[0], MLPClassifier)
-    assert not make_config().model.compile  # off by default
+    assert not load_config().model.compile  # off by default

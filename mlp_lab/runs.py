@@ -1,0 +1,276 @@
+"""The run directory: its record, its checkpoints, and finding runs under a folder.
+
+outputs/runs/<time>/        a run (a sweep's: outputs/multirun/<time>/<n>/)
+    metrics.json            the record: status, config, per-epoch history, results
+    checkpoints/            the best val/acc checkpoint, and last.ckpt to resume from
+    .hydra/                 the composed config and the overrides (a resume's: .hydra/resumed_*)
+    tensorboard/, *.png     the logs and figures (mlp_lab.figures)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mlp_lab.config import ConfigError, TrainConfig
+from mlp_lab.module import MLPClassifier
+
+log = logging.getLogger(__name__)
+
+RECORD = "metrics.json"
+MONITOR = "val/acc"
+
+
+class RunError(RuntimeError):
+    """A run directory or checkpoint that cannot be used; the message says why and what to do."""
+
+
+def write_record(run_dir: Path, record: dict) -> None:
+    """metrics.json, replaced whole, so a reader never sees half a file."""
+    path = Path(run_dir) / RECORD
+    part = path.with_name(f".{RECORD}.{os.getpid()}.part")
+    part.write_text(json.dumps(record, indent=2) + "\n")
+    part.replace(path)
+
+
+def read_record(run_dir: Path) -> dict:
+    """A run's record; RunError when it has none or it cannot be parsed."""
+    path = Path(run_dir) / RECORD
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"no {RECORD}: crashed or still running") from None
+    except (OSError, ValueError) as err:
+        raise RunError(f"corrupt {RECORD} ({err})") from None
+
+
+def is_run_dir(path: str | Path | None) -> bool:
+    return bool(path) and (Path(path) / ".hydra" / "config.yaml").is_file()
+
+
+def find_runs(directory: Path) -> list[Path]:
+    """The run directories at or below `directory`, a sweep's jobs in launch order (2 before 10)."""
+
+    def launch_order(path: Path) -> tuple:
+        return (str(path.parent), int(path.name) if path.name.isdigit() else -1, path.name)
+
+    return sorted((p.parent for p in Path(directory).rglob(".hydra")), key=launch_order)
+
+
+def overrides(run_dir: Path) -> dict[str, str]:
+    """The command-line overrides a run was started with, as key: value."""
+    path = Path(run_dir) / ".hydra" / "overrides.yaml"
+    items = (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
+    pairs = (item.split("=", 1) for item in items if "=" in item)
+    return {k.lstrip("+~"): v for k, v in pairs}
+
+
+def _run_dir(resume: str | None, new: str) -> str:
+    # A wrong resume= gets a new directory, where train.py records the error, rather than
+    # Hydra creating the mistyped path.
+    return resume if is_run_dir(resume) else new
+
+
+def _output_subdir(resume: str | None, now: str) -> str:
+    # A resumed run keeps the Hydra record of its first start and files its own beside it.
+    return f".hydra/resumed_{now}" if is_run_dir(resume) else ".hydra"
+
+
+def register_resolvers() -> None:
+    """The resolvers conf/train.yaml uses to place a run (or a resumed one) in its directory."""
+    OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True)
+    OmegaConf.register_new_resolver("output_subdir", _output_subdir, replace=True)
+
+
+def resumed_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
+    """The config a run was started with, and what this command line changes in it."""
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(
+            f"resume={run_dir} is not a run directory (no .hydra/config.yaml): give one of "
+            "outputs/runs/<time>"
+        )
+    changes = [o for o in overrides if not o.startswith(("resume=", "hydra."))]
+    try:
+        cfg = OmegaConf.merge(
+            OmegaConf.structured(TrainConfig),
+            OmegaConf.load(saved),
+            OmegaConf.from_dotlist(changes),
+        )
+    except OmegaConfBaseException as err:
+        raise ConfigError(
+            f"resume: {' '.join(changes)} cannot change the saved config of {run_dir} "
+            f"({str(err).splitlines()[0]}); only key=value overrides such as "
+            "trainer.max_epochs=20 can"
+        ) from None
+    cfg.resume = str(run_dir)
+    return OmegaConf.to_object(cfg)
+
+
+def checkpoint_callbacks(run_dir: Path) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """The best-val checkpoint and last.ckpt, both saved at the epoch's very end.
+
+    Saved once the epoch's training metrics are logged, a checkpoint holds whole epochs only, and
+    resuming starts the next one.
+    """
+    best = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="epoch{epoch:02d}-val_acc{val/acc:.4f}",
+        auto_insert_metric_name=False,
+        monitor=MONITOR,
+        mode="max",
+        save_on_train_epoch_end=True,
+    )
+    # A second callback rather than save_last: Lightning 2.6 refreshes "last" only in epochs that
+    # improve the monitored metric when it saves at the epoch's end.
+    last = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="last",
+        enable_version_counter=False,
+        save_on_train_epoch_end=True,
+    )
+    return best, last
+
+
+def load_start(cfg: TrainConfig, module: MLPClassifier) -> Path | None:
+    """The checkpoint that training continues from (resume's last.ckpt, ckpt_path, or none),
+    checked by loading its weights into `module`."""
+    if cfg.resume:
+        path = Path(cfg.resume) / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise ConfigError(
+                f"resume={cfg.resume}: no checkpoints/last.ckpt there; give the directory of a "
+                "run of mlp_lab.train (outputs/runs/<time>)"
+            )
+    elif cfg.ckpt_path:
+        path = Path(cfg.ckpt_path)
+    else:
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+    except (OSError, KeyError, RuntimeError, pickle.UnpicklingError) as err:
+        reason = str(err).strip().splitlines()[0]
+        raise ConfigError(f"{path} is not a checkpoint of this model: {reason}") from None
+    return path
+
+
+def load_model(path: Path | str) -> MLPClassifier:
+    """The model of a checkpoint file, or of a run directory's best checkpoint, in eval mode."""
+    path = Path(path)
+    if path.is_dir():
+        try:
+            record = read_record(path)
+        except RunError as err:
+            raise RunError(f"{path} is not a finished mlp_lab run ({err})") from None
+        if "checkpoint" not in record:
+            raise RunError(
+                f"{path} is not a finished run (status {record.get('status')}): give one of its "
+                "checkpoints/*.ckpt, or resume it first"
+            )
+        path = path / record["checkpoint"]
+    if not path.is_file():
+        raise RunError(f"checkpoint {path} not found")
+    try:
+        hparams = torch.load(path, map_location="cpu", weights_only=False).get(
+            "hyper_parameters", {}
+        )
+    except Exception as err:  # pickle, zip and torch errors alike: not a checkpoint we can read
+        raise RunError(f"{path} is not a checkpoint: {err}") from None
+    if "hidden" in hparams:  # settings kept flat, before they travelled as config sections
+        raise RunError(
+            f"{path} comes from an older mlp_lab (before 0.2): train it again with this version"
+        )
+    if not {"model", "loss", "optimizer", "data"} <= hparams.keys():
+        raise RunError(f"{path} is not an mlp_lab checkpoint (no model or data settings)")
+    return MLPClassifier.load_from_checkpoint(path, map_location="cpu").eval()
+
+
+def record_error(run_dir: Path, status: str, error: str) -> None:
+    """Mark a running run failed or interrupted in its record, keeping the history it has."""
+    try:
+        record = read_record(run_dir)
+    except RunError:
+        record = {}
+    if record.get("status", "running") != "running":
+        return  # a resume that never started: the run's own record stays as it was
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_record(run_dir, {**record, "status": status, "error": error})
+
+
+class RunRecord(L.Callback):
+    """Keeps the per-epoch history and writes the run's record after every epoch.
+
+    Every checkpoint carries the history and the random state, so a resumed run continues both.
+    """
+
+    def __init__(self, run_dir: Path, record: dict, verbose: bool = False):
+        self.run_dir, self.record, self.verbose = run_dir, record, verbose
+        self.epochs: list[dict] = []
+        self._pending: tuple[int, float] | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._add_epoch(trainer)
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        # Callbacks run before the module logs its training metrics, so they are read later.
+        self._pending = (trainer.current_epoch + 1, time.perf_counter() - self._start)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        # Checkpoints are saved at the end of an epoch, after its training metrics are logged.
+        self._add_epoch(trainer)
+        checkpoint["epoch_history"] = self.epochs
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        if trainer.state.fn != TrainerFn.FITTING:  # testing the best checkpoint changes nothing
+            return
+        self.epochs = list(checkpoint.get("epoch_history", []))
+        if "torch_rng_state" in checkpoint:  # dropout goes on with the masks it would have drawn
+            torch.set_rng_state(checkpoint["torch_rng_state"])
+
+    def on_train_end(self, trainer, pl_module):
+        self._add_epoch(trainer)
+
+    def _add_epoch(self, trainer) -> None:
+        if self._pending is None:
+            return
+        (epoch, seconds), self._pending = self._pending, None
+        metrics = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items()}
+        if trainer.logger is not None:
+            trainer.logger.log_metrics({"time/epoch_s": seconds}, step=trainer.global_step)
+        entry = {
+            "epoch": epoch,
+            "train_loss": metrics["train/loss"],
+            "train_acc": metrics["train/acc"],
+            "val_loss": metrics.get("val/loss"),
+            "val_acc": metrics.get("val/acc"),
+            "epoch_time_s": round(seconds, 4),
+        }
+        self.epochs.append(entry)
+        if not trainer.is_global_zero:  # under DDP, rank 0 alone writes the run's record
+            return
+        if self.verbose:
+            log.info(
+                "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.2f s",
+                epoch,
+                trainer.max_epochs,
+                *(entry[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")),
+                seconds,
+            )
+        write_record(
+            self.run_dir, {**self.record, "epochs": len(self.epochs), "history": self.epochs}
+        )
