@@ -30,6 +30,7 @@ from mlp_lab.module import MLPClassifier
 log = logging.getLogger(__name__)
 
 RECORD = "metrics.json"
+CHECKPOINTS = "checkpoints"
 MONITOR = "val/acc"
 
 
@@ -119,6 +120,11 @@ def resumed_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
     return OmegaConf.to_object(cfg)
 
 
+def last_checkpoint(run_dir: Path | str) -> Path:
+    """The checkpoint of a run's latest completed epoch, which `resume=` continues from."""
+    return Path(run_dir) / CHECKPOINTS / "last.ckpt"
+
+
 def checkpoint_callbacks(run_dir: Path) -> tuple[ModelCheckpoint, ModelCheckpoint]:
     """The best-val checkpoint and last.ckpt, both saved at the epoch's very end.
 
@@ -126,7 +132,7 @@ def checkpoint_callbacks(run_dir: Path) -> tuple[ModelCheckpoint, ModelCheckpoin
     resuming starts the next one.
     """
     best = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
+        dirpath=run_dir / CHECKPOINTS,
         filename="epoch{epoch:02d}-val_acc{val/acc:.4f}",
         auto_insert_metric_name=False,
         monitor=MONITOR,
@@ -136,7 +142,7 @@ def checkpoint_callbacks(run_dir: Path) -> tuple[ModelCheckpoint, ModelCheckpoin
     # A second callback rather than save_last: Lightning 2.6 refreshes "last" only in epochs that
     # improve the monitored metric when it saves at the epoch's end.
     last = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
+        dirpath=run_dir / CHECKPOINTS,
         filename="last",
         enable_version_counter=False,
         save_on_train_epoch_end=True,
@@ -148,7 +154,7 @@ def load_start(cfg: TrainConfig, module: MLPClassifier) -> Path | None:
     """The checkpoint that training continues from (resume's last.ckpt, ckpt_path, or none),
     checked by loading its weights into `module`."""
     if cfg.resume:
-        path = Path(cfg.resume) / "checkpoints" / "last.ckpt"
+        path = last_checkpoint(cfg.resume)
         if not path.is_file():
             raise ConfigError(
                 f"resume={cfg.resume}: no checkpoints/last.ckpt there; give the directory of a "

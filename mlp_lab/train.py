@@ -77,11 +77,11 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     record = {"status": "running", "config": asdict(cfg), "params": module.num_parameters}
     # Without a progress bar, a line per epoch.
     history = runs.RunRecord(run_dir, record, verbose=not cfg.trainer.enable_progress_bar)
-    best_checkpoint, last_checkpoint = runs.checkpoint_callbacks(run_dir)
+    best_ckpt, last_ckpt = runs.checkpoint_callbacks(run_dir)
     logger = TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False)
     trainer_args = asdict(cfg.trainer)
     refresh_rate = trainer_args.pop("progress_bar_refresh_rate")
-    callbacks = [best_checkpoint, last_checkpoint, history, LearningRateMonitor("epoch")]
+    callbacks = [best_ckpt, last_ckpt, history, LearningRateMonitor("epoch")]
     if cfg.trainer.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=refresh_rate))
     trainer = L.Trainer(
@@ -99,11 +99,11 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
         done = len(history.epochs)
         raise RunInterrupted(
             f"interrupted in epoch {done + 1}: {done} completed epochs are saved in "
-            f"{run_dir / 'checkpoints' / 'last.ckpt'}; continue with "
+            f"{runs.last_checkpoint(run_dir)}; continue with "
             f"`python -m mlp_lab.train resume={run_dir}`"
         ) from None
     fit_time = time.perf_counter() - fit_start
-    best_path = best_checkpoint.best_model_path
+    best_path = best_ckpt.best_model_path
     (test,) = trainer.test(fitted, datamodule=dm, ckpt_path=best_path, verbose=False)
     if not trainer.is_global_zero:  # under DDP, rank 0 alone writes the run's record
         return record
