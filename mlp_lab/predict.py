@@ -10,6 +10,7 @@ prepared as the training data was: grayscale, 28×28, light backgrounds inverted
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,10 +44,18 @@ def prepare_image(path: Path | str) -> torch.Tensor:
     """A 1×784 tensor in [0, 1], dark background like MNIST's, from any image file."""
     path = Path(path)
     try:
-        with Image.open(path) as image:
-            gray = image.convert("L").resize((28, 28), Image.Resampling.LANCZOS)
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice it; both are one line here.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                gray = image.convert("L").resize((28, 28), Image.Resampling.LANCZOS)
     except FileNotFoundError:
         raise PredictError(f"{path}: no such file") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise PredictError(
+            f"{path}: larger than the {Image.MAX_IMAGE_PIXELS:,} pixels this reads safely; "
+            "scale it down to a few hundred pixels a side first"
+        ) from None
     except (UnidentifiedImageError, OSError) as err:
         raise PredictError(f"{path}: not a readable image ({err})") from None
     x = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).float().div(255)

@@ -75,12 +75,10 @@ def find_studies(dirs: list[Path]) -> list[Study]:
             except runs.RunError as err:
                 study.skipped[run_dir] = str(err)
                 continue
-            status = record.get("status", "completed")
-            if status == "completed":
+            if record.get("status", "completed") == "completed":
                 study.runs.append(Run(run_dir, record, overrides))
             else:
-                reason = record.get("error") or f"{len(record.get('history', []))} epochs so far"
-                study.skipped[run_dir] = f"{status}: {reason}"
+                study.skipped[run_dir] = runs.describe(run_dir, record)
     if not studies:
         raise FileNotFoundError(
             f"no runs (directories with .hydra/) in {', '.join(map(str, dirs))}: "

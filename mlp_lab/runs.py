@@ -9,18 +9,23 @@ outputs/runs/<time>/        a run (a sweep's: outputs/multirun/<time>/<n>/)
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import pickle
+import socket
 import time
+from datetime import datetime
 from pathlib import Path
 
 import lightning as L
 import torch
 import yaml
+from hydra.experimental.callback import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -32,6 +37,9 @@ log = logging.getLogger(__name__)
 RECORD = "metrics.json"
 CHECKPOINTS = "checkpoints"
 MONITOR = "val/acc"
+# A run on another host is taken for dead when its heartbeat (written after every epoch) is older
+# than this, or than three of its longest epochs; on this host its process is looked up instead.
+STALE_AFTER_S = 600
 
 
 class RunError(RuntimeError):
@@ -41,6 +49,7 @@ class RunError(RuntimeError):
 def write_record(run_dir: Path, record: dict) -> None:
     """metrics.json, replaced whole, so a reader never sees half a file."""
     path = Path(run_dir) / RECORD
+    path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(f".{RECORD}.{os.getpid()}.part")
     part.write_text(json.dumps(record, indent=2) + "\n")
     part.replace(path)
@@ -78,10 +87,40 @@ def overrides(run_dir: Path) -> dict[str, str]:
     return {k.lstrip("+~"): v for k, v in pairs}
 
 
-def _run_dir(resume: str | None, new: str) -> str:
+_claimed: dict[str, str] = {}
+
+
+def new_dir(parent: str) -> str:
+    """A directory of this command's own under `parent`, named by the time it started.
+
+    Claimed with an atomic mkdir: when the name is taken (runs started in the same second, here or
+    on another machine sharing the filesystem) the next of `<time>_2`, `<time>_3`, ... is.
+    """
+    if parent in _claimed:  # Hydra may resolve the same directory more than once
+        return _claimed[parent]
+    if int(os.environ.get("SLURM_STEP_NUM_TASKS", 1)) > 1:
+        # The tasks of one srun step (DDP under SLURM) are one run: they share the step's name.
+        step = f"slurm-{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', 0)}"
+        path = Path(parent) / step
+        path.mkdir(parents=True, exist_ok=True)
+    else:
+        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        Path(parent).mkdir(parents=True, exist_ok=True)
+        for n in itertools.count(1):
+            path = Path(parent) / (stamp if n == 1 else f"{stamp}_{n}")
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                continue
+    _claimed[parent] = str(path)
+    return _claimed[parent]
+
+
+def _run_dir(resume: str | None, parent: str) -> str:
     # A wrong resume= gets a new directory, where train.py records the error, rather than
     # Hydra creating the mistyped path.
-    return resume if is_run_dir(resume) else new
+    return resume if is_run_dir(resume) else new_dir(parent)
 
 
 def _output_subdir(resume: str | None, now: str) -> str:
@@ -90,9 +129,115 @@ def _output_subdir(resume: str | None, now: str) -> str:
 
 
 def register_resolvers() -> None:
-    """The resolvers conf/train.yaml uses to place a run (or a resumed one) in its directory."""
-    OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True)
+    """The resolvers conf/ uses to give each run and sweep a directory of its own."""
+    # Cached: one directory per command, however often Hydra reads the setting; the cache travels
+    # with the config to a sweep's job processes.
+    OmegaConf.register_new_resolver("new_dir", new_dir, replace=True, use_cache=True)
+    OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True, use_cache=True)
     OmegaConf.register_new_resolver("output_subdir", _output_subdir, replace=True)
+
+
+def _process_start(pid: int) -> str | None:
+    """When process `pid` started, in clock ticks after boot: tells it from a later same pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def new_part() -> dict:
+    """This process's part of a run: who runs it, since when, and its heartbeat."""
+    now = time.time()
+    pid = os.getpid()
+    return {
+        "host": socket.gethostname(),
+        "pid": pid,
+        "process_start": _process_start(pid),
+        "started": now,
+        "heartbeat": now,
+    }
+
+
+def part_times(part: dict) -> tuple[float, float]:
+    """A part's wall and fit seconds; a killed part's count up to its last heartbeat."""
+    end = part.get("ended", part["heartbeat"])
+    fit = part.get("fit_time_s", end - part.get("fit_started", end))
+    return part.get("wall_time_s", end - part["started"]), fit
+
+
+def total_times(parts: list[dict]) -> dict[str, float]:
+    """Wall and fit seconds added up over a run's parts: its first start and every resume."""
+    times = [part_times(part) for part in parts]
+    return {"wall_time_s": sum(w for w, _ in times), "fit_time_s": sum(f for _, f in times)}
+
+
+def alive(record: dict) -> bool:
+    """Whether a "running" record's process is still going."""
+    if record.get("status") != "running" or not record.get("parts"):
+        return False
+    part = record["parts"][-1]
+    if part["host"] == socket.gethostname():
+        if part["process_start"] is None:  # no /proc: the pid alone
+            try:
+                os.kill(part["pid"], 0)
+            except ProcessLookupError:
+                return False
+            return True
+        return _process_start(part["pid"]) == part["process_start"]
+    longest = max((e["epoch_time_s"] for e in record.get("history", [])), default=0.0)
+    return time.time() - part["heartbeat"] < max(STALE_AFTER_S, 3 * longest)
+
+
+def describe(run_dir: Path, record: dict) -> str:
+    """What became of a run, in one line."""
+    status, done = record.get("status"), len(record.get("history", []))
+    if status == "completed":
+        return f"completed, {done} epochs"
+    if status == "running" and alive(record):
+        part = record["parts"][-1]
+        return f"running: {done} epochs so far (pid {part['pid']} on {part['host']})"
+    if status == "running":
+        return (
+            f"killed in epoch {done + 1}: resume with `python -m mlp_lab.train resume={run_dir}`"
+        )
+    return f"{status}: {record.get('error') or f'{done} epochs so far'}"
+
+
+class RunDirGuard(Callback):
+    """Checked before Hydra writes anything: one run per directory, no resume of a live run."""
+
+    def on_run_start(self, config, **kwargs):
+        if rank_zero_only.rank != 0:  # DDP's other processes share rank 0's directory
+            return
+        run_dir = Path(config.hydra.run.dir)
+        try:
+            record = read_record(run_dir)
+        except RunError:
+            return
+        resume = config.get("resume")
+        if resume and Path(resume).resolve() == run_dir.resolve():
+            if alive(record):
+                part = record["parts"][-1]
+                raise SystemExit(
+                    f"error: resume={resume}: the run is still going (pid {part['pid']} on "
+                    f"{part['host']}, last heartbeat {time.time() - part['heartbeat']:.0f} s "
+                    "ago); stop it first, or wait for it"
+                )
+            return
+        raise SystemExit(
+            f"error: hydra.run.dir={run_dir} already holds a run ({describe(run_dir, record)}): "
+            f"continue it with resume={run_dir}, or leave hydra.run.dir out for a new directory"
+        )
+
+    def on_multirun_start(self, config, **kwargs):
+        sweep = Path(config.hydra.sweep.dir)
+        taken = [run for run in find_runs(sweep) if (run / RECORD).is_file()]
+        if taken:
+            raise SystemExit(
+                f"error: hydra.sweep.dir={sweep} already holds {len(taken)} runs: give a new "
+                "directory, or leave hydra.sweep.dir out for a new one"
+            )
 
 
 def resumed_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
@@ -150,11 +295,22 @@ def checkpoint_callbacks(run_dir: Path) -> tuple[ModelCheckpoint, ModelCheckpoin
     return best, last
 
 
+def earlier_record(run_dir: Path) -> dict:
+    """The record of a run that is resumed, or none when it has no readable one."""
+    try:
+        return read_record(run_dir)
+    except RunError:
+        return {}
+
+
 def load_start(cfg: TrainConfig, module: MLPClassifier) -> Path | None:
     """The checkpoint that training continues from (resume's last.ckpt, ckpt_path, or none),
     checked by loading its weights into `module`."""
     if cfg.resume:
         path = last_checkpoint(cfg.resume)
+        if not path.is_file() and (Path(cfg.resume) / RECORD).is_file():
+            log.info("%s was stopped before its first epoch ended: starting it again", cfg.resume)
+            return None
         if not path.is_file():
             raise ConfigError(
                 f"resume={cfg.resume}: no checkpoints/last.ckpt there; give the directory of a "
@@ -205,14 +361,13 @@ def load_model(path: Path | str) -> MLPClassifier:
 
 
 def record_error(run_dir: Path, status: str, error: str) -> None:
-    """Mark a running run failed or interrupted in its record, keeping the history it has."""
-    try:
-        record = read_record(run_dir)
-    except RunError:
-        record = {}
-    if record.get("status", "running") != "running":
+    """Mark this process's run failed or interrupted in its record, keeping the history it has."""
+    record = earlier_record(run_dir)
+    parts = record.get("parts", [])
+    if parts and (parts[-1]["host"], parts[-1]["pid"]) != (socket.gethostname(), os.getpid()):
         return  # a resume that never started: the run's own record stays as it was
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if parts:
+        parts[-1]["ended"] = time.time()
     write_record(run_dir, {**record, "status": status, "error": error})
 
 
@@ -269,6 +424,7 @@ class RunRecord(L.Callback):
         self.epochs.append(entry)
         if not trainer.is_global_zero:  # under DDP, rank 0 alone writes the run's record
             return
+        self.record["parts"][-1]["heartbeat"] = time.time()
         if self.verbose:
             log.info(
                 "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.2f s",

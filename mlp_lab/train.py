@@ -74,7 +74,13 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     )
     start_from = runs.load_start(cfg, module)
 
+    # A resumed run keeps its history and adds a part: its times add up over the parts.
+    earlier = runs.earlier_record(run_dir) if cfg.resume else {}
     record = {"status": "running", "config": asdict(cfg), "params": module.num_parameters}
+    record["history"] = earlier.get("history", [])
+    record["parts"] = [*earlier.get("parts", []), runs.new_part()]
+    if rank_zero_only.rank == 0:  # the run's owner is known before its first epoch ends
+        runs.write_record(run_dir, record)
     # Without a progress bar, a line per epoch.
     history = runs.RunRecord(run_dir, record, verbose=not cfg.trainer.enable_progress_bar)
     best_ckpt, last_ckpt = runs.checkpoint_callbacks(run_dir)
@@ -91,6 +97,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     # Lightning unwraps a compiled module for checkpoints, so they load into a plain one.
     fitted = torch.compile(module) if cfg.model.compile else module
     fit_start = time.perf_counter()
+    record["parts"][-1]["fit_started"] = time.time()
     try:
         trainer.fit(fitted, datamodule=dm, ckpt_path=start_from)
     except SystemExit:  # Lightning's answer to SIGTERM and Ctrl-C, after its own clean-up
@@ -109,6 +116,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
         return record
 
     best = max(history.epochs, key=lambda e: e["val_acc"])
+    record["parts"][-1].update(fit_time_s=fit_time, wall_time_s=time.perf_counter() - wall_start)
     record.update(
         status="completed",
         epochs=len(history.epochs),
@@ -117,9 +125,8 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
         best_epoch=best["epoch"],
         test_acc=test["test/acc"],
         test_loss=test["test/loss"],
-        fit_time_s=fit_time,
         mean_epoch_time_s=statistics.fmean(e["epoch_time_s"] for e in history.epochs),
-        wall_time_s=time.perf_counter() - wall_start,
+        **runs.total_times(record["parts"]),
         checkpoint=str(Path(best_path).relative_to(run_dir)),
     )
     if start_from is not None:

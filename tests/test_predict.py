@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -39,6 +41,20 @@ def test_bad_image_errors_name_the_file(tmp_path, content, message):
         path.write_bytes(content)
     with pytest.raises(PredictError, match=f"{path}: {message}"):
         prepare_image(path)
+
+
+@pytest.mark.parametrize("side", [40, 50])  # Pillow warns past its limit, refuses past twice it
+def test_an_oversized_image_is_one_line_not_a_library_warning(tmp_path, monkeypatch, side):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    path = save_png(tmp_path / "huge.png", np.zeros((side, side), np.uint8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning may escape either
+        with pytest.raises(PredictError) as caught:
+            prepare_image(path)
+    assert str(caught.value) == (
+        f"{path}: larger than the 1,000 pixels this reads safely; scale it down to a few "
+        "hundred pixels a side first"
+    )
 
 
 @pytest.mark.real_data

@@ -1,15 +1,22 @@
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import classifier, quiet_trainer
+from conftest import classifier, fast_overrides, quiet_trainer, run_module
 
 from mlp_lab import runs
+from mlp_lab.data import PROJECT_DIR, MNISTDataModule
+from mlp_lab.module import MLPClassifier
+from mlp_lab.report import find_studies
 from mlp_lab.runs import RunError, load_model
 
 
@@ -92,3 +99,222 @@ def test_runs_are_found_in_launch_order_and_overrides_read(tmp_path):
     assert runs.find_runs(tmp_path) == [tmp_path / "1", tmp_path / "2", tmp_path / "10"]
     assert runs.overrides(tmp_path / "2") == {"seed": "3", "model.dropout": "0.1"}
     assert runs.overrides(tmp_path / "1") == {}
+
+
+def test_commands_started_in_the_same_second_claim_a_directory_each(tmp_path):
+    # Eight processes wait for the same moment, then each claims a directory under one parent.
+    start_at = time.time() + 3
+    code = (
+        "import sys, time\n"
+        "from mlp_lab.runs import new_dir\n"
+        "time.sleep(max(0, float(sys.argv[2]) - time.time()))\n"
+        "print(new_dir(sys.argv[1]))\n"
+    )
+    command = [sys.executable, "-c", code, str(tmp_path / "runs"), str(start_at)]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(8)]
+    claimed = [proc.communicate(timeout=60)[0].strip() for proc in procs]
+    assert len(set(claimed)) == 8 and all(Path(path).is_dir() for path in claimed)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(
+        Path(path).name for path in claimed
+    )
+
+
+def test_a_taken_name_gives_the_next_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "_claimed", {})
+    stamp = datetime.now()
+    for seconds in range(3):  # whichever second new_dir reads, its plain name is taken
+        taken = (stamp + timedelta(seconds=seconds)).strftime("%Y-%m-%d_%H-%M-%S")
+        (tmp_path / taken).mkdir()
+    path = Path(runs.new_dir(str(tmp_path)))
+    assert path.name.endswith("_2") and path.is_dir()
+    assert runs.new_dir(str(tmp_path)) == str(path)  # asked again, the same directory
+
+
+def test_a_record_of_a_dead_process_is_reported_killed(tmp_path):
+    part = runs.new_part()
+    record = {"status": "running", "history": [{"epoch": 1, "epoch_time_s": 2.0}], "parts": [part]}
+    assert runs.alive(record)  # this very process
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    record["parts"] = [{**part, "pid": dead.pid, "process_start": "1"}]
+    assert not runs.alive(record)
+    assert runs.describe(tmp_path, record) == (
+        f"killed in epoch 2: resume with `python -m mlp_lab.train resume={tmp_path}`"
+    )
+    # On another host only the heartbeat tells: ten minutes without one is a dead run.
+    elsewhere = {**part, "host": "elsewhere", "heartbeat": time.time() - 601}
+    assert not runs.alive({**record, "parts": [elsewhere]})
+    assert runs.alive({**record, "parts": [{**elsewhere, "heartbeat": time.time() - 60}]})
+
+
+def test_times_add_up_over_the_parts_of_a_run():
+    parts = [
+        {"started": 100.0, "heartbeat": 130.0, "fit_started": 104.0},  # killed: up to its heartbeat
+        {"started": 200.0, "heartbeat": 220.0, "ended": 225.0, "fit_started": 203.0},  # SIGTERM
+        {"started": 300.0, "heartbeat": 340.0, "wall_time_s": 45.0, "fit_time_s": 38.0},
+    ]
+    assert runs.total_times(parts) == {
+        "wall_time_s": 30.0 + 25.0 + 45.0,
+        "fit_time_s": 26.0 + 22.0 + 38.0,
+    }
+
+
+def _start(cwd, *args):
+    command = [sys.executable, "-m", "mlp_lab.train", *args]
+    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_runs_started_together_each_keep_their_own_directory(synthetic_root, tmp_path):
+    procs = [
+        _start(tmp_path, f"seed={seed}", *fast_overrides(synthetic_root, "trainer.max_epochs=2"))
+        for seed in range(4)
+    ]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+    run_dirs = runs.find_runs(tmp_path / "outputs/runs")
+    records = {run: runs.read_record(run) for run in run_dirs}
+    assert sorted(r["config"]["seed"] for r in records.values()) == [0, 1, 2, 3]
+    for run, record in records.items():
+        # The run's own last checkpoint: its history, and its weights give the recorded val loss.
+        checkpoint = torch.load(runs.last_checkpoint(run), weights_only=False)
+        assert checkpoint["epoch_history"] == record["history"]
+        dm = MNISTDataModule(
+            "fashion_mnist", synthetic_root, val_size=200, seed=record["config"]["seed"]
+        )
+        dm.setup()
+        x, y = dm.splits["val"]
+        model = MLPClassifier.load_from_checkpoint(runs.last_checkpoint(run)).eval()
+        with torch.no_grad():
+            loss = torch.nn.functional.cross_entropy(model(x), y).item()
+        assert loss == pytest.approx(record["history"][-1]["val_loss"], abs=1e-5)
+        # TensorBoard names each event file after the process that writes it: this run's alone.
+        events = list((run / "tensorboard").glob("events.out.tfevents.*"))
+        pids = {int(path.name.rsplit(".", 2)[1]) for path in events}
+        assert events and pids == {record["parts"][-1]["pid"]}
+
+
+def test_sweeps_started_together_each_keep_their_own_directory(synthetic_root, tmp_path):
+    args = ["-m", "seed=1,2", *fast_overrides(synthetic_root, "trainer.max_epochs=1")]
+    procs = [_start(tmp_path, *args) for _ in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+    sweeps = sorted((tmp_path / "outputs/multirun").iterdir())
+    assert len(sweeps) == 2
+    for sweep in sweeps:
+        records = [runs.read_record(run) for run in runs.find_runs(sweep)]
+        assert [(r["status"], r["config"]["seed"]) for r in records] == [
+            ("completed", 1),
+            ("completed", 2),
+        ]
+
+
+def test_a_run_directory_that_holds_a_run_is_refused(synthetic_root, tmp_path):
+    run = tmp_path / "run"
+    overrides = [*fast_overrides(synthetic_root, "trainer.max_epochs=1"), f"hydra.run.dir={run}"]
+    assert run_module("mlp_lab.train", *overrides).returncode == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    again = run_module("mlp_lab.train", "seed=3", *overrides)
+    assert again.returncode == 1 and again.stderr.strip().splitlines() == [
+        f"error: hydra.run.dir={run} already holds a run (completed, 1 epochs): continue it with "
+        f"resume={run}, or leave hydra.run.dir out for a new directory"
+    ]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def _wait_for(predicate, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _own_record(run, proc):
+    """The record, once the process `proc` has written its part of the run."""
+    try:
+        record = runs.read_record(run)
+    except RunError:
+        return None
+    return record if record["parts"][-1]["pid"] == proc.pid else None
+
+
+def test_sigkill_anywhere_then_resume_ends_as_an_uninterrupted_run(synthetic_root, tmp_path):
+    # Epochs of about a second, half of it validation (1,000 images one at a time): random kills
+    # land in training and in validation.
+    overrides = fast_overrides(
+        synthetic_root,
+        "trainer.max_epochs=8",
+        "data.batch_size=2",
+        "data.val_size=1000",
+        "data.eval_batch_size=1",
+        "model.dropout=0.2",
+    )
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert run_module("mlp_lab.train", *overrides, f"hydra.run.dir={whole}").returncode == 0
+
+    rng = random.Random(0)
+    proc = _start(PROJECT_DIR, *overrides, f"hydra.run.dir={killed}")
+    # First right after an epoch ends (its record written, its checkpoint maybe not yet), then at
+    # random moments of the resumed processes: in training, in validation, between them.
+    assert _wait_for(lambda: len((_own_record(killed, proc) or {}).get("history", [])) >= 1, proc)
+    kills = 0
+    while kills < 4:
+        if kills:
+            assert _wait_for(lambda p=proc: _own_record(killed, p) is not None, proc)
+            time.sleep(rng.uniform(0.2, 2.0))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        record = runs.read_record(killed)
+        if record["status"] == "completed":  # it finished just before the kill
+            break
+        kills += 1
+        assert record["status"] == "running" and not runs.alive(record)
+        (study,) = find_studies([killed])
+        assert study.skipped[killed].startswith("killed in epoch ")
+        proc = _start(PROJECT_DIR, f"resume={killed}")
+    else:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+
+    record, reference = runs.read_record(killed), runs.read_record(whole)
+    assert record["status"] == "completed"
+    assert [e["epoch"] for e in record["history"]] == list(range(1, 9))
+    strip = ("epoch_time_s",)
+    assert [{k: v for k, v in e.items() if k not in strip} for e in record["history"]] == [
+        {k: v for k, v in e.items() if k not in strip} for e in reference["history"]
+    ]
+    a = torch.load(runs.last_checkpoint(killed), weights_only=False)["state_dict"]
+    b = torch.load(runs.last_checkpoint(whole), weights_only=False)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert record["test_acc"] == reference["test_acc"]
+    # Every start of the run is a part, and its times are their sums.
+    assert kills >= 2 and len(record["parts"]) == kills + 1
+    assert record["wall_time_s"] == pytest.approx(
+        sum(runs.part_times(part)[0] for part in record["parts"])
+    )
+    assert record["wall_time_s"] > record["parts"][-1]["wall_time_s"]
+
+
+def test_a_live_run_is_not_resumed_and_a_killed_one_is_reported(synthetic_root, tmp_path):
+    run = tmp_path / "run"
+    overrides = fast_overrides(synthetic_root, "trainer.max_epochs=500", "data.batch_size=4")
+    proc = _start(PROJECT_DIR, *overrides, f"hydra.run.dir={run}")
+    try:
+        assert _wait_for(lambda: len((_own_record(run, proc) or {}).get("history", [])) >= 1, proc)
+        (study,) = find_studies([run])
+        assert study.skipped[run].startswith("running: ")
+        assert study.skipped[run].endswith(f"(pid {proc.pid} on {socket.gethostname()})")
+        refused = run_module("mlp_lab.train", f"resume={run}")
+        assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].startswith(
+            f"error: resume={run}: the run is still going (pid {proc.pid} on "
+        )
+        assert "Traceback" not in refused.stderr
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    (study,) = find_studies([run])
+    done = len(runs.read_record(run)["history"])
+    assert study.skipped[run] == (
+        f"killed in epoch {done + 1}: resume with `python -m mlp_lab.train resume={run}`"
+    )
+    assert not list((run / ".hydra").glob("resumed_*"))  # the refused resume wrote nothing
