@@ -146,15 +146,16 @@ def _process_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def new_part() -> dict:
-    """This process's part of a run: who runs it, since when, and its heartbeat."""
+def new_part(started: float) -> dict:
+    """This process's part of a run, started at `started` (time.time()): who runs it, and its
+    heartbeat."""
     now = time.time()
     pid = os.getpid()
     return {
         "host": socket.gethostname(),
         "pid": pid,
         "process_start": _process_start(pid),
-        "started": now,
+        "started": started,
         "heartbeat": now,
     }
 

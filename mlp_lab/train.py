@@ -60,7 +60,7 @@ def build(cfg: TrainConfig) -> tuple[MNISTDataModule, MLPClassifier]:
 
 def train(cfg: TrainConfig, run_dir: Path) -> dict:
     """Fit, pick the checkpoint with the best val accuracy, test it; return the run's record."""
-    wall_start = time.perf_counter()
+    wall_start, started = time.perf_counter(), time.time()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     dm, module = build(cfg)
@@ -78,7 +78,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     earlier = runs.earlier_record(run_dir) if cfg.resume else {}
     record = {"status": "running", "config": asdict(cfg), "params": module.num_parameters}
     record["history"] = earlier.get("history", [])
-    record["parts"] = [*earlier.get("parts", []), runs.new_part()]
+    record["parts"] = [*earlier.get("parts", []), runs.new_part(started)]
     if rank_zero_only.rank == 0:  # the run's owner is known before its first epoch ends
         runs.write_record(run_dir, record)
     # Without a progress bar, a line per epoch.

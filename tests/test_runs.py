@@ -131,7 +131,7 @@ def test_a_taken_name_gives_the_next_one(tmp_path, monkeypatch):
 
 
 def test_a_record_of_a_dead_process_is_reported_killed(tmp_path):
-    part = runs.new_part()
+    part = runs.new_part(time.time())
     record = {"status": "running", "history": [{"epoch": 1, "epoch_time_s": 2.0}], "parts": [part]}
     assert runs.alive(record)  # this very process
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
