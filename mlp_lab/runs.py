@@ -281,6 +281,8 @@ def checkpoint_callbacks(run_dir: Path) -> tuple[ModelCheckpoint, ModelCheckpoin
         dirpath=run_dir / CHECKPOINTS,
         filename="epoch{epoch:02d}-val_acc{val/acc:.4f}",
         auto_insert_metric_name=False,
+        # A run killed after saving an epoch's checkpoint saves the very same one again on resuming.
+        enable_version_counter=False,
         monitor=MONITOR,
         mode="max",
         save_on_train_epoch_end=True,
