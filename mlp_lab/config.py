@@ -160,6 +160,35 @@ class TrainerConfig:
         _require(self.max_epochs > 0, "trainer.max_epochs", self.max_epochs, "a positive integer")
 
 
+PRUNERS = ("none", "median", "halving", "hyperband")
+
+
+@dataclass
+class PrunerConfig:
+    """How a search stops trials that fall behind, from the val/acc they report every epoch."""
+
+    name: str = "none"  # none, median, halving (successive halving) or hyperband
+    # median: epochs every trial runs before it may be pruned; halving, hyperband: the fewest
+    # epochs a trial gets.
+    warmup_epochs: int = 2
+    startup_trials: int = 5  # median: trials run to the end before any is pruned
+
+    def __post_init__(self):
+        _one_of("pruner.name", self.name, PRUNERS)
+        _require(self.warmup_epochs >= 0, "pruner.warmup_epochs", self.warmup_epochs, ">= 0")
+        _require(self.startup_trials >= 0, "pruner.startup_trials", self.startup_trials, ">= 0")
+
+
+@dataclass
+class TrialConfig:
+    """Set by the search (mlp_lab.search) for each trial it runs: where it reports its epochs."""
+
+    storage: str | None = None
+    study_name: str | None = None
+    number: int | None = None  # null: not a trial of a search
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+
+
 @dataclass
 class TrainConfig:
     data: DataConfig = MISSING
@@ -173,6 +202,7 @@ class TrainConfig:
     num_threads: int | None = None
     resume: str | None = None  # a run directory: continue it from its last.ckpt, in place
     ckpt_path: str | None = None  # a checkpoint: continue training from it in a new run
+    trial: TrialConfig = field(default_factory=TrialConfig)
 
     def __post_init__(self):
         if self.num_threads is not None:
@@ -222,6 +252,7 @@ LOGISTICS = (
     "num_threads",
     "resume",
     "ckpt_path",
+    "trial",
 )
 
 
@@ -233,7 +264,7 @@ def run_settings(cfg: TrainConfig) -> dict[str, Any]:
         for key, value in values.items() if isinstance(values, dict) else [(None, values)]:
             name = f"{section}.{key}" if key else section
             unused = section == "loss" and key not in {"name", *cfg.loss.params()}
-            if name not in LOGISTICS and not unused:
+            if name not in LOGISTICS and section not in LOGISTICS and not unused:
                 settings[name.replace(".", "/")] = value
     return settings
 

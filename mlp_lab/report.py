@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from mlp_lab import runs
 from mlp_lab.config import LOGISTICS
 from mlp_lab.figures import save
+from mlp_lab.search import search_figures
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +167,11 @@ def study_table(study: Study) -> str:
 
 def plot_study(study: Study, path: Path | None = None):
     """Validation accuracy and training loss per epoch of each variant (mean over seeds)."""
-    fig = Figure(figsize=(11, 4))
+    groups = variants(study)
+    # One legend below both plots, one line per variant: a search's labels are long.
+    fig = Figure(figsize=(11, 4 + 0.2 * len(groups)), layout="constrained")
     ax_acc, ax_loss = fig.subplots(1, 2)
-    for v in variants(study):
+    for v in groups:
         for ax, key in ((ax_acc, "val_acc"), (ax_loss, "train_loss")):
             curve = v.curve(key)
             ax.plot(range(1, len(curve) + 1), curve, "o-", ms=2, label=v.label)
@@ -178,9 +181,8 @@ def plot_study(study: Study, path: Path | None = None):
     for ax in (ax_acc, ax_loss):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    fig.legend(*ax_acc.get_legend_handles_labels(), loc="outside lower center", fontsize=7)
     fig.suptitle(study.name)
-    fig.tight_layout()
     return save(fig, path)
 
 
@@ -203,6 +205,10 @@ def write_report(dirs: list[Path], out: Path) -> Path:
             figure = f"{study.name}.png"
             plot_study(study, out / figure)
             lines += [study_table(study), "", f"![{study.name}]({figure})"]
+        figures = search_figures(study.path, out)
+        if figures:
+            lines += ["", "The search (Optuna): history, importances, val/acc per epoch", ""]
+            lines += [f"![{name}]({name})" for name in figures]
         if study.skipped:
             lines += ["", "Not in the table (failed, interrupted or unfinished):"]
             lines += [f"- `{path}`: {why}" for path, why in study.skipped.items()]

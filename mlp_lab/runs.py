@@ -195,13 +195,13 @@ def describe(run_dir: Path, record: dict) -> str:
     status, done = record.get("status"), len(record.get("history", []))
     if status == "completed":
         return f"completed, {done} epochs"
+    if status == "pruned":
+        return f"pruned after {done} epochs by its search"
     if status == "running" and alive(record):
         part = record["parts"][-1]
         return f"running: {done} epochs so far (pid {part['pid']} on {part['host']})"
     if status == "running":
-        return (
-            f"killed in epoch {done + 1}: resume with `python -m mlp_lab.train resume={run_dir}`"
-        )
+        return f"killed in epoch {done + 1}: resume with `python -m mlp_lab.train resume={run_dir}`"
     return f"{status}: {record.get('error') or f'{done} epochs so far'}"
 
 
@@ -299,7 +299,7 @@ def checkpoint_callbacks(run_dir: Path) -> tuple[ModelCheckpoint, ModelCheckpoin
 
 
 def earlier_record(run_dir: Path) -> dict:
-    """The record of a run that is resumed, or none when it has no readable one."""
+    """A run's record, or an empty one when it has none that can be read."""
     try:
         return read_record(run_dir)
     except RunError:

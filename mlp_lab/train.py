@@ -38,6 +38,7 @@ from mlp_lab.config import (
 from mlp_lab.data import DataError, MNISTDataModule
 from mlp_lab.figures import save_run_figures
 from mlp_lab.module import MLPClassifier, TrainingDiverged
+from mlp_lab.search import TrialReport
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,10 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     trainer_args = asdict(cfg.trainer)
     refresh_rate = trainer_args.pop("progress_bar_refresh_rate")
     callbacks = [best_ckpt, last_ckpt, history, LearningRateMonitor("epoch")]
+    # A trial of a search reports every epoch's val/acc to its study, whose pruner may stop it.
+    report = TrialReport(cfg.trial) if cfg.trial.number is not None else None
+    if report is not None:
+        callbacks.append(report)
     if cfg.trainer.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=refresh_rate))
     trainer = L.Trainer(
@@ -118,7 +123,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     best = max(history.epochs, key=lambda e: e["val_acc"])
     record["parts"][-1].update(fit_time_s=fit_time, wall_time_s=time.perf_counter() - wall_start)
     record.update(
-        status="completed",
+        status="pruned" if report is not None and report.pruned else "completed",
         epochs=len(history.epochs),
         history=history.epochs,
         best_val_acc=best["val_acc"],

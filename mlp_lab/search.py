@@ -1,0 +1,332 @@
+"""Hyperparameter search: a thin Hydra sweeper over Optuna whose trials are ordinary runs.
+
+    python -m mlp_lab.train hparams_search=optuna hydra.sweeper.n_trials=24 hydra.sweeper.n_jobs=2
+
+Workers (`n_jobs` processes) each ask the shared study for a trial, run it as a job of the
+configured launcher, and tell the study its result: no worker waits for another's trial. Each
+trial reports its val/acc after every epoch; the study's pruner may stop it early.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import socket
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import optuna
+import yaml
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Transformer
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from mlp_lab import runs
+from mlp_lab.config import ConfigError, PrunerConfig, TrialConfig
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+DIRECTIONS = ("maximize", "minimize")
+SEARCH_RECORD = "search.yaml"  # in the sweep directory: which study its trials belong to
+
+
+@dataclass
+class SamplerConfig:
+    name: str = "tpe"
+    seed: int | None = None  # a seeded sampler proposes its first trials again after a restart
+
+
+@dataclass
+class SweeperConfig:
+    _target_: str = "hydra_plugins.mlp_lab_sweeper.OptunaSweeper"
+    direction: str = "maximize"
+    study_name: str = "search"
+    # sqlite:///path.db (the default, nothing to start), journal:path.log (a file on a shared
+    # filesystem), or any SQLAlchemy URL (postgresql://user@host/db); null: in memory.
+    storage: str | None = None
+    n_trials: int = 20  # trials this command runs, added to those the study has
+    n_jobs: int = 1  # worker processes on this machine, each running trials one after another
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    params: dict[str, str] = field(default_factory=dict)  # the search space, Hydra's sweep syntax
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=SweeperConfig)
+
+
+def _fail(message: str) -> SystemExit:
+    return SystemExit(f"error: {message}")
+
+
+def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
+    """Optuna's storage for a URL; one line naming the setting when it cannot be opened."""
+    if url is None:
+        return None
+    try:
+        if url.startswith("journal:"):
+            path = Path(url.removeprefix("journal:"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            backend = optuna.storages.journal.JournalFileBackend(str(path))
+            return optuna.storages.JournalStorage(backend)
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.RDBStorage(url)
+    except Exception as err:  # SQLAlchemy's, a driver's or the network's: all say "cannot open"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise _fail(
+            f"hydra.sweeper.storage={url} cannot be opened ({reason}): give sqlite:///path.db, "
+            "journal:path.log or a reachable database URL such as postgresql://user@host/db"
+        ) from None
+
+
+def build_pruner(cfg: PrunerConfig) -> optuna.pruners.BasePruner:
+    if cfg.name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.warmup_epochs
+        )
+    if cfg.name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, cfg.warmup_epochs))
+    if cfg.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, cfg.warmup_epochs))
+    return optuna.pruners.NopPruner()
+
+
+def search_space(params: dict[str, str], arguments: list[str]) -> tuple[dict, list[str]]:
+    """Optuna distributions of the swept keys, and the fixed overrides, from Hydra's syntax."""
+    space, fixed = {}, []
+    # A key given on the command line is fixed there, and leaves the search space.
+    overrides = OverridesParser.create().parse_overrides(list(arguments))
+    given = {o.get_key_element() for o in overrides if not o.is_sweep_override()}
+    params = [f"{k}={v}" for k, v in params.items() if k not in given]
+    for override in OverridesParser.create().parse_overrides(params) + overrides:
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            fixed.append(f"{key}={override.get_value_element_as_str()}")
+            continue
+        value = override.value()
+        try:
+            if override.is_choice_sweep():
+                assert isinstance(value, ChoiceSweep)
+                choices = list(override.sweep_iterator(transformer=Transformer.encode))
+                space[key] = CategoricalDistribution(choices)
+            elif override.is_interval_sweep():
+                assert isinstance(value, IntervalSweep)
+                log_scale = "log" in value.tags
+                if isinstance(value.start, int) and isinstance(value.end, int):
+                    space[key] = IntDistribution(value.start, value.end, log=log_scale)
+                else:
+                    space[key] = FloatDistribution(value.start, value.end, log=log_scale)
+            else:
+                raise ValueError("use choice(...) or interval(low, high), tag(log, ...) for log")
+        except ValueError as err:
+            raise _fail(f"search range {key}: {err}") from None
+    return space, fixed
+
+
+class OptunaSweeper(Sweeper):
+    """Workers ask the study for trials, run each as a job, and tell it the run's result."""
+
+    def __init__(self, **cfg: Any):
+        self.cfg = SweeperConfig(**cfg)
+        c = self.cfg
+        if c.direction not in DIRECTIONS:
+            allowed = ", ".join(DIRECTIONS)
+            raise _fail(f"hydra.sweeper.direction={c.direction}: use one of {allowed}")
+        if c.sampler["name"] not in SAMPLERS:
+            raise _fail(
+                f"hydra.sweeper.sampler.name={c.sampler['name']}: use one of {', '.join(SAMPLERS)}"
+            )
+        if c.n_trials < 1 or c.n_jobs < 1:
+            raise _fail("hydra.sweeper.n_trials and hydra.sweeper.n_jobs must be positive")
+        try:
+            PrunerConfig(**c.pruner)
+        except ConfigError as err:
+            raise _fail(f"hydra.sweeper.{err}") from None
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+
+    def _study(self, worker: int = 0) -> optuna.Study:
+        c = self.cfg
+        # Workers seeded alike would propose the same first trials.
+        seed = None if c.sampler["seed"] is None else c.sampler["seed"] + worker
+        sampler = SAMPLERS[c.sampler["name"]](seed=seed)
+        return optuna.create_study(
+            study_name=c.study_name,
+            storage=open_storage(c.storage),
+            sampler=sampler,
+            pruner=build_pruner(PrunerConfig(**c.pruner)),
+            direction=c.direction,
+            load_if_exists=True,
+        )
+
+    def sweep(self, arguments: list[str]) -> None:
+        space, fixed = search_space(dict(self.cfg.params or {}), arguments)
+        study = self._study()
+        fail_dead_trials(study)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")  # as Hydra's own sweepers
+        record = {"storage": self.cfg.storage, "study_name": self.cfg.study_name}
+        (self.sweep_dir / SEARCH_RECORD).write_text(yaml.safe_dump(record))
+        # Each worker claims trial slots until n_trials are taken: none runs more than its share
+        # of a batch, and none waits for another.
+        slots = self.sweep_dir / ".slots"
+        slots.mkdir(exist_ok=True)
+        n = self.cfg.n_jobs
+        threads = [f"num_threads={max(1, (os.cpu_count() or 1) // n)}"] if n > 1 else []
+        job = (space, [*threads, *fixed], slots)
+        if n == 1:
+            self._work(0, *job)
+        else:
+            context = multiprocessing.get_context("fork")
+            workers = [context.Process(target=self._work, args=(k, *job)) for k in range(n)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+        study = self._study()
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if done:
+            best = study.best_trial
+            log.info("Best parameters: %s", best.params)
+            log.info("Best value: %s (trial %d)", best.value, best.number)
+            results = {"best_params": best.params, "best_value": best.value}
+            (self.sweep_dir / "optimization_results.yaml").write_text(yaml.safe_dump(results))
+
+    def _work(self, worker: int, space: dict, fixed: list[str], slots: Path) -> None:
+        study = self._study(worker)
+        for slot in range(self.cfg.n_trials):
+            try:
+                (slots / str(slot)).mkdir()
+            except FileExistsError:
+                continue
+            trial = study.ask(space)
+            trial.set_user_attr("worker", runs.new_part(time.time()))
+            run_dir = self.sweep_dir / str(trial.number)
+            trial.set_user_attr("run_dir", str(run_dir))
+            reference = TrialConfig(
+                storage=self.cfg.storage,
+                study_name=self.cfg.study_name,
+                number=trial.number,
+                pruner=PrunerConfig(**self.cfg.pruner),
+            )
+            overrides = [f"{k}={v}" for k, v in trial.params.items()] + fixed
+            overrides += [f"trial.{k}={v}" for k, v in _flat(asdict(reference)).items()]
+            self.launcher.launch([overrides], initial_job_idx=trial.number)
+            tell(study, trial.number, run_dir)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = "null" if value is None else value
+    return flat
+
+
+def tell(study: optuna.Study, number: int, run_dir: Path) -> None:
+    """Tell the study what became of a trial, from its run's record."""
+    record = runs.earlier_record(run_dir)
+    status = record.get("status")
+    if status == "completed":
+        study.tell(number, record["best_val_acc"])
+    elif status == "pruned":
+        study.tell(number, state=optuna.trial.TrialState.PRUNED)
+    else:
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+
+
+def fail_dead_trials(study: optuna.Study) -> None:
+    """Settle the trials a dead worker left running (killed, out of memory): from their run's
+    record when it finished, else as failed."""
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        run_dir = Path(trial.user_attrs.get("run_dir", ""))
+        record = runs.earlier_record(run_dir) if run_dir.name else {}
+        worker = trial.user_attrs.get("worker")
+        if record.get("status") == "running":
+            dead = not runs.alive(record)  # its process, or its heartbeat from another host
+        elif record:
+            dead = True  # finished, but its worker never told the study
+        elif worker and worker["host"] == socket.gethostname():
+            dead = not runs.alive({"status": "running", "parts": [worker]})
+        else:
+            dead = False  # no record yet, on another host: it may be starting
+        if dead:
+            log.info("trial %d: its worker is gone; settled from its run's record", trial.number)
+            tell(study, trial.number, run_dir)
+
+
+class TrialReport(L.Callback):
+    """Reports val/acc after every epoch to the trial, and stops the run when the pruner says so."""
+
+    def __init__(self, cfg: TrialConfig):
+        study = optuna.load_study(
+            study_name=cfg.study_name,
+            storage=open_storage(cfg.storage),
+            pruner=build_pruner(cfg.pruner),
+        )
+        # Optuna has no public lookup of a trial by its number from another process.
+        storage = study._storage
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, cfg.number)
+        self.trial = optuna.trial.Trial(study, trial_id)
+        self.pruned = False
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        # Validation has run: its val/acc is logged. Stopping here still saves the epoch.
+        if trainer.sanity_checking or "val/acc" not in trainer.callback_metrics:
+            return
+        self.trial.report(float(trainer.callback_metrics["val/acc"]), trainer.current_epoch + 1)
+        if self.trial.should_prune():
+            self.pruned = True
+            trainer.should_stop = True
+
+
+def search_figures(sweep_dir: Path, out: Path) -> list[str]:
+    """The search's optimisation history, parameter importances and per-epoch values as PNGs in
+    `out`; none when `sweep_dir` is no search's."""
+    if not (sweep_dir / SEARCH_RECORD).is_file():
+        return []
+    record = yaml.safe_load((sweep_dir / SEARCH_RECORD).read_text())
+    study = optuna.load_study(
+        study_name=record["study_name"], storage=open_storage(record["storage"])
+    )
+    # pyplot, which these use, only when a report needs it.
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as plots
+
+    names = []
+    # Optuna's plots ask for a font Debian's matplotlib lacks, and matplotlib says so each time.
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for name, plot in (
+            ("history", plots.plot_optimization_history),
+            ("importances", plots.plot_param_importances),
+            ("epochs", plots.plot_intermediate_values),
+        ):
+            try:
+                axes = plot(study)
+            except (ValueError, RuntimeError) as err:  # too few finished trials for this one
+                log.info("no %s figure for %s: %s", name, sweep_dir, err)
+                continue
+            path = out / f"{sweep_dir.name}_{name}.png"
+            axes.figure.savefig(path, dpi=100, bbox_inches="tight")
+            plt.close(axes.figure)
+            names.append(path.name)
+    return names
