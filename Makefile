@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	# compat: a plain path to the project, so that Hydra, which scans hydra_plugins/ on the path,
 	# finds the project's sweeper from any working directory (the default editable mode hides it).
 	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	# Replaced by mlp_lab's own sweeper in 0.2; an older environment's copy requires optuna<3.
+	$(PY) -m pip uninstall --quiet --yes hydra-optuna-sweeper 2>/dev/null || true
 	touch $@
 
 # Datasets: already in the data root, else torchvision's download, else the offline packages.

@@ -61,7 +61,8 @@ class SweeperConfig:
     params: dict[str, str] = field(default_factory=dict)  # the search space, Hydra's sweep syntax
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=SweeperConfig)
+# Not "optuna": hydra-optuna-sweeper, which an older environment may still hold, has that name.
+ConfigStore.instance().store(group="hydra/sweeper", name="mlp_lab", node=SweeperConfig)
 
 
 def _fail(message: str) -> SystemExit:

@@ -4,4 +4,4 @@ from mlp_lab import search
 
 
 class OptunaSweeper(search.OptunaSweeper):
-    """`hydra/sweeper=optuna`: mlp_lab's Optuna search (mlp_lab/search.py)."""
+    """`hydra/sweeper=mlp_lab` (hparams_search=optuna): the Optuna search of mlp_lab/search.py."""
