@@ -256,17 +256,26 @@ LOGISTICS = (
 )
 
 
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config as dotted keys: {"model": {"hidden": ...}} → {"model.hidden": ...}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def run_settings(cfg: TrainConfig) -> dict[str, Any]:
     """The settings that define a run, flat ("model/hidden"): the config less its logistics and
     the options that its loss does not take."""
-    settings = {}
-    for section, values in asdict(cfg).items():
-        for key, value in values.items() if isinstance(values, dict) else [(None, values)]:
-            name = f"{section}.{key}" if key else section
-            unused = section == "loss" and key not in {"name", *cfg.loss.params()}
-            if name not in LOGISTICS and section not in LOGISTICS and not unused:
-                settings[name.replace(".", "/")] = value
-    return settings
+    unused = {f"loss.{k}" for k in set(vars(cfg.loss)) - {"name", *cfg.loss.params()}}
+    return {
+        name.replace(".", "/"): value
+        for name, value in flatten(asdict(cfg)).items()
+        if name not in LOGISTICS and name.split(".")[0] not in LOGISTICS and name not in unused
+    }
 
 
 def load_config(*overrides: str) -> TrainConfig:

@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from mlp_lab import runs
-from mlp_lab.config import ConfigError, PrunerConfig, TrialConfig
+from mlp_lab.config import ConfigError, PrunerConfig, TrialConfig, flatten
 
 log = logging.getLogger(__name__)
 
@@ -226,19 +226,10 @@ class OptunaSweeper(Sweeper):
                 pruner=PrunerConfig(**self.cfg.pruner),
             )
             overrides = [f"{k}={v}" for k, v in trial.params.items()] + fixed
-            overrides += [f"trial.{k}={v}" for k, v in _flat(asdict(reference)).items()]
+            trial_settings = flatten(asdict(reference), "trial.").items()
+            overrides += [f"{k}={'null' if v is None else v}" for k, v in trial_settings]
             self.launcher.launch([overrides], initial_job_idx=trial.number)
             tell(study, trial.number, run_dir)
-
-
-def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = "null" if value is None else value
-    return flat
 
 
 def tell(study: optuna.Study, number: int, run_dir: Path) -> None:
