@@ -2,13 +2,15 @@
 
     python -m mlp_lab.train hparams_search=optuna hydra.sweeper.n_trials=24 hydra.sweeper.n_jobs=2
 
-Workers (`n_jobs` processes) each ask the shared study for a trial, run it as a job of the
-configured launcher, and tell the study its result: no worker waits for another's trial. Each
-trial reports its val/acc after every epoch; the study's pruner may stop it early.
+Workers each ask the shared study for a trial, run it, and tell the study its result: no worker
+waits for another's trial. They are `n_jobs` processes on this machine, or, with a submitit launcher
+(hydra/launcher=slurm), the `n_jobs` tasks of one job array. Each trial reports its val/acc after
+every epoch; the study's pruner may stop it early.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -22,7 +24,9 @@ from typing import Any
 import lightning as L
 import optuna
 import yaml
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Transformer
 from hydra.core.plugins import Plugins
@@ -55,7 +59,9 @@ class SweeperConfig:
     # filesystem), or any SQLAlchemy URL (postgresql://user@host/db); null: in memory.
     storage: str | None = None
     n_trials: int = 20  # trials this command runs, added to those the study has
-    n_jobs: int = 1  # worker processes on this machine, each running trials one after another
+    # Workers, each running trials one after another: processes on this machine, or the tasks of
+    # one job array with a submitit launcher.
+    n_jobs: int = 1
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     params: dict[str, str] = field(default_factory=dict)  # the search space, Hydra's sweep syntax
@@ -155,7 +161,7 @@ class OptunaSweeper(Sweeper):
             raise _fail(f"hydra.sweeper.{err}") from None
 
     def setup(self, *, hydra_context, task_function, config) -> None:
-        self.config, self.hydra_context = config, hydra_context
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
         )
@@ -188,11 +194,23 @@ class OptunaSweeper(Sweeper):
         slots = self.sweep_dir / ".slots"
         slots.mkdir(exist_ok=True)
         n = self.cfg.n_jobs
-        threads = [f"num_threads={max(1, (os.cpu_count() or 1) // n)}"] if n > 1 else []
-        job = (space, [*threads, *fixed], slots)
-        if n == 1:
-            self._work(0, *job)
+        # Hydra loads plugins as fresh module objects: the launcher's class is known by its name.
+        if self.config.hydra.launcher._target_.startswith("hydra_plugins.hydra_submitit_launcher"):
+            cpus = self.config.hydra.launcher.get("cpus_per_task")
+            threads = [f"num_threads={cpus}"] if cpus else []
+            job = (space, [*threads, *fixed], slots)
+            array = Plugins.instance().instantiate_launcher(
+                config=self.config,
+                hydra_context=self.hydra_context,
+                task_function=functools.partial(_array_task, self, *job),
+            )
+            # A worker's own Hydra job directory; its trials' are <sweep>/<trial number>.
+            array.launch([[*fixed, f"hydra.sweep.subdir=.workers/{k}"] for k in range(n)], 0)
+        elif n == 1:
+            self._work(0, space, fixed, slots, self.launcher)
         else:
+            threads = [f"num_threads={max(1, (os.cpu_count() or 1) // n)}"]
+            job = (space, [*threads, *fixed], slots, self.launcher)
             context = multiprocessing.get_context("fork")
             workers = [context.Process(target=self._work, args=(k, *job)) for k in range(n)]
             for worker in workers:
@@ -208,7 +226,7 @@ class OptunaSweeper(Sweeper):
             results = {"best_params": best.params, "best_value": best.value}
             (self.sweep_dir / "optimization_results.yaml").write_text(yaml.safe_dump(results))
 
-    def _work(self, worker: int, space: dict, fixed: list[str], slots: Path) -> None:
+    def _work(self, worker: int, space: dict, fixed: list[str], slots: Path, launcher) -> None:
         study = self._study(worker)
         for slot in range(self.cfg.n_trials):
             try:
@@ -228,8 +246,19 @@ class OptunaSweeper(Sweeper):
             overrides = [f"{k}={v}" for k, v in trial.params.items()] + fixed
             trial_settings = flatten(asdict(reference), "trial.").items()
             overrides += [f"{k}={'null' if v is None else v}" for k, v in trial_settings]
-            self.launcher.launch([overrides], initial_job_idx=trial.number)
+            launcher.launch([overrides], initial_job_idx=trial.number)
             tell(study, trial.number, run_dir)
+
+
+def _array_task(sweeper: OptunaSweeper, space: dict, fixed: list[str], slots: Path, cfg) -> None:
+    """One task of the workers' job array: runs trials here, in this process, until none is left."""
+    launcher = BasicLauncher()
+    launcher.setup(
+        hydra_context=sweeper.hydra_context,
+        task_function=sweeper.task_function,
+        config=sweeper.config,
+    )
+    sweeper._work(HydraConfig.get().job.num, space, fixed, slots, launcher)
 
 
 def tell(study: optuna.Study, number: int, run_dir: Path) -> None:

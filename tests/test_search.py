@@ -34,12 +34,21 @@ def trials(storage):
     return optuna.load_study(study_name="s", storage=open_storage(storage)).trials
 
 
-def test_a_trial_far_behind_the_others_is_pruned_and_its_record_says_so(synthetic_root, tmp_path):
+@pytest.mark.parametrize("pruner", ["median", "halving"])
+def test_a_trial_far_behind_the_others_is_pruned_and_its_record_says_so(
+    pruner, synthetic_root, tmp_path
+):
     storage = f"sqlite:///{tmp_path}/search.db"
     # Two good trials, then one whose learning rate is a thousand times too small: every swept
     # setting fixed on the command line (which takes it out of the search space), so the order is
-    # certain. Pruning may start after two epochs.
-    pruner = ["hydra.sweeper.pruner.startup_trials=2", "hydra.sweeper.pruner.warmup_epochs=2"]
+    # certain. Pruning may start after two epochs: for the median pruner once two trials have
+    # finished; successive halving keeps the best third of the trials at epoch 2 (the two good
+    # ones, equal, tie for it).
+    pruner = [
+        f"hydra.sweeper.pruner.name={pruner}",
+        "hydra.sweeper.pruner.startup_trials=2",
+        "hydra.sweeper.pruner.warmup_epochs=2",
+    ]
     fixed = ["optimizer.weight_decay=0", "model.dropout=0", "model.hidden=[32]"]
     fixed.append("model.batch_norm=false")
     for n, (lr, trials_) in enumerate([("0.1", 2), ("0.0001", 1)]):
@@ -66,15 +75,36 @@ def test_a_trial_far_behind_the_others_is_pruned_and_its_record_says_so(syntheti
     assert study.skipped == {tmp_path / "sweep1/2": "pruned after 2 epochs by its search"}
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+HALF = max(1, os.cpu_count() // 2)
+
+
+@pytest.mark.parametrize(
+    "kind, workers, threads",
+    [
+        ("sqlite", ["hydra.sweeper.n_jobs=2"], HALF),  # two processes, half the cores each
+        ("journal", ["hydra.sweeper.n_jobs=2"], HALF),
+        # A job array of two tasks, as on a SLURM cluster; submitit's local executor runs them,
+        # each with the threads of its cpus_per_task.
+        (
+            "journal",
+            [
+                "hydra.sweeper.n_jobs=2",
+                "hydra/launcher=submitit_local",
+                "hydra.launcher.cpus_per_task=3",
+            ],
+            3,
+        ),
+    ],
+    ids=["processes-sqlite", "processes-journal", "job-array-journal"],
+)
 def test_two_workers_share_one_study_with_no_trial_lost_or_run_twice(
-    kind, synthetic_root, tmp_path
+    kind, workers, threads, synthetic_root, tmp_path
 ):
     storage = f"sqlite:///{tmp_path}/s.db" if kind == "sqlite" else f"journal:{tmp_path}/s.log"
     sweep = tmp_path / "sweep"
     result = run_module(
         "mlp_lab.train",
-        *search(storage, sweep, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2"),
+        *search(storage, sweep, "hydra.sweeper.n_trials=4", *workers),
         "hydra.sweeper.pruner.name=none",
         *fast_overrides(synthetic_root, "trainer.max_epochs=1"),
     )
@@ -85,7 +115,7 @@ def test_two_workers_share_one_study_with_no_trial_lost_or_run_twice(
     for t in done:  # each trial is one run, whose best val accuracy is the trial's value
         record = runs.read_record(sweep / str(t.number))
         assert record["best_val_acc"] == t.value and record["config"]["trial"]["number"] == t.number
-        assert record["config"]["num_threads"] == max(1, os.cpu_count() // 2)
+        assert record["config"]["num_threads"] == threads
     assert len({t.user_attrs["worker"]["pid"] for t in done}) == 2  # two processes took trials
     # The report on the search adds Optuna's figures of it.
     text = write_report([sweep], tmp_path / "report").read_text()
