@@ -36,6 +36,9 @@ train: data
 STUDIES := $(filter-out best_%,$(basename $(notdir $(wildcard conf/experiment/*.yaml))))
 LAB := outputs/lab
 SEEDS ?= 0,1
+# A study's runs train JOBS at a time (joblib workers), each with its share of the cores.
+JOBS ?= 2
+THREADS := $(shell n=$$(( $$(nproc) / $(JOBS) )); echo $$(( n > 0 ? n : 1 )))
 
 # Every study of conf/experiment/ over SEEDS (two: enough for a first look at the noise), then the
 # whole lab's report: outputs/lab/report.md. About 12 minutes per seed on 2 CPU cores.
@@ -43,6 +46,7 @@ lab: data
 	rm -rf $(LAB)
 	for study in $(STUDIES); do \
 		$(PY) -m mlp_lab.train -m experiment=$$study seed=$(SEEDS) hydra.sweep.dir=$(LAB)/$$study \
+			hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) num_threads=$(THREADS) \
 			trainer.enable_progress_bar=false $(ARGS) || exit 1; \
 	done
 	$(PY) -m mlp_lab.report $(LAB)/*/ --out $(LAB)

@@ -3,9 +3,10 @@
 python -m benchmarks.search_speed               # 24 trials of up to 10 epochs on Fashion-MNIST
 python -m benchmarks.search_speed --quick       # a smoke run: 4 trials, 2 epochs of 20 batches
 
-(1) no pruning, 1 worker of 2 threads; (2) median pruning, 1 worker of 2 threads; (3) median
-pruning, 2 workers of 1 thread. Each search is its own study with the same seeded sampler; the
-table gives wall time, epochs trained, the best val accuracy, and each worker's busy fraction.
+(1) no pruning, 1 worker of 2 threads; (2) the default pruning (successive halving), 1 worker of 2
+threads; (3) the same pruning, 2 workers of 1 thread. Each search is its own study with the same
+seeded sampler; the table gives wall time, epochs trained, the best val accuracy, and each worker's
+busy fraction.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from mlp_lab.data import PROJECT_DIR
 
 SEARCHES = {
     "1": ("no pruning, 1 worker x 2 threads", ["hydra.sweeper.pruner.name=none", "num_threads=2"]),
-    "2": ("median pruning, 1 worker x 2 threads", ["num_threads=2"]),
-    "3": ("median pruning, 2 workers x 1 thread", ["hydra.sweeper.n_jobs=2"]),
+    "2": ("halving, 1 worker x 2 threads", ["num_threads=2"]),
+    "3": ("halving, 2 workers x 1 thread", ["hydra.sweeper.n_jobs=2"]),
 }
 
 
@@ -40,16 +41,23 @@ def run_search(key: str, args, work: Path) -> dict:
     command += [f"data={args.dataset}", *SEARCHES[key][1]]
     if args.quick:
         command += ["trainer.limit_train_batches=20"]
-    start = time.perf_counter()
+    start = time.time()
     done = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True)
-    wall = time.perf_counter() - start
+    end = time.time()
+    wall = end - start
     if done.returncode != 0:
         raise SystemExit(f"search ({key}) failed:\n{done.stderr[-4000:]}")
     records = [runs.read_record(run) for run in runs.find_runs(sweep)]
-    busy = defaultdict(float)
+    failed = [r for r in records if r["status"] not in ("completed", "pruned")]
+    if failed:
+        raise SystemExit(f"search ({key}): a trial {failed[0]['status']}: {failed[0].get('error')}")
+    # A worker is busy while one of its trials runs; after its last one it has nothing to claim.
+    busy, last_end = defaultdict(float), defaultdict(float)
     for record in records:
         part = record["parts"][-1]
-        busy[part["pid"]] += runs.part_times(part)[0]
+        seconds = runs.part_times(part)[0]
+        busy[part["pid"]] += seconds
+        last_end[part["pid"]] = max(last_end[part["pid"]], part["started"] + seconds)
     return {
         "label": SEARCHES[key][0],
         "wall_s": round(wall, 1),
@@ -58,17 +66,20 @@ def run_search(key: str, args, work: Path) -> dict:
         "epochs": sum(len(r["history"]) for r in records),
         "best_val_acc": max(r["best_val_acc"] for r in records),
         "busy": [round(seconds / wall, 3) for seconds in busy.values()],
+        "done_before_end_s": [round(end - last_end[pid], 1) for pid in busy],
     }
 
 
 def table(results: dict) -> str:
     columns = ["search", "wall s", "trials (pruned)", "epochs", "best val acc", "busy per worker"]
+    columns.append("worker done before the end, s")
     rows = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for key, r in results.items():
         busy = ", ".join(f"{b:.0%}" for b in r["busy"])
+        early = ", ".join(f"{s:.1f}" for s in r["done_before_end_s"])
         rows.append(
             f"| ({key}) {r['label']} | {r['wall_s']:.1f} | {r['trials']} ({r['pruned']}) | "
-            f"{r['epochs']} | {r['best_val_acc']:.4f} | {busy} |"
+            f"{r['epochs']} | {r['best_val_acc']:.4f} | {busy} | {early} |"
         )
     a, b, c = (results[k] for k in "123")
     lines = [

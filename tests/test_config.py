@@ -142,7 +142,7 @@ def test_optuna_search_maximises_val_acc_in_a_sqlite_study():
     assert (
         sweeper.storage == "sqlite:///outputs/optuna.db" and sweeper.study_name == "fashion_mnist"
     )
-    assert sweeper.sampler.name == "tpe" and sweeper.pruner.name == "median"
+    assert sweeper.sampler.name == "tpe" and sweeper.pruner.name == "halving"
     assert set(sweeper.params) == {
         "optimizer.lr",
         "optimizer.weight_decay",
