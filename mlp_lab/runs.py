@@ -29,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mlp_lab.cluster import slurm_job
 from mlp_lab.config import ConfigError, TrainConfig
 from mlp_lab.module import MLPClassifier
 
@@ -151,13 +152,17 @@ def new_part(started: float) -> dict:
     heartbeat."""
     now = time.time()
     pid = os.getpid()
-    return {
+    part = {
         "host": socket.gethostname(),
         "pid": pid,
         "process_start": _process_start(pid),
         "started": started,
         "heartbeat": now,
     }
+    job = slurm_job()
+    if job:
+        part["slurm_job"] = job
+    return part
 
 
 def part_times(part: dict) -> tuple[float, float]:

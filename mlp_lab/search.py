@@ -312,8 +312,10 @@ class TrialReport(L.Callback):
         # Validation has run: its val/acc is logged. Stopping here still saves the epoch.
         if trainer.sanity_checking or "val/acc" not in trainer.callback_metrics:
             return
-        self.trial.report(float(trainer.callback_metrics["val/acc"]), trainer.current_epoch + 1)
-        if self.trial.should_prune():
+        epoch = trainer.current_epoch + 1
+        self.trial.report(float(trainer.callback_metrics["val/acc"]), epoch)
+        # A trial at its last epoch has nothing left to save: it completes.
+        if epoch < trainer.max_epochs and self.trial.should_prune():
             self.pruned = True
             trainer.should_stop = True
 

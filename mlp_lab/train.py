@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from mlp_lab import runs
+from mlp_lab import cluster, runs
 from mlp_lab.config import (
     ConfigError,
     SweepError,
@@ -62,8 +62,10 @@ def build(cfg: TrainConfig) -> tuple[MNISTDataModule, MLPClassifier]:
 def train(cfg: TrainConfig, run_dir: Path) -> dict:
     """Fit, pick the checkpoint with the best val accuracy, test it; return the run's record."""
     wall_start, started = time.perf_counter(), time.time()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    # Under SLURM a task's share of the node's cores, unless num_threads says otherwise.
+    threads = cfg.num_threads or cluster.cpus_per_task()
+    if threads:
+        torch.set_num_threads(threads)
     dm, module = build(cfg)
     widths = "-".join(map(str, [dm.in_features, *cfg.model.hidden, dm.num_classes]))
     log.info(
@@ -109,7 +111,9 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
         if not trainer.interrupted:
             raise
         done = len(history.epochs)
+        reason = cluster.stop_reason()
         raise RunInterrupted(
+            f"{reason + ': ' if reason else ''}"
             f"interrupted in epoch {done + 1}: {done} completed epochs are saved in "
             f"{runs.last_checkpoint(run_dir)}; continue with "
             f"`python -m mlp_lab.train resume={run_dir}`"
@@ -162,7 +166,8 @@ def main(cfg: DictConfig) -> float:
             check_sweep(str(config.trainer.strategy), str(hydra_cfg.launcher.get("_target_")))
         if config.resume:
             config = runs.resumed_config(Path(config.resume), list(hydra_cfg.overrides.task))
-        record = train(config, run_dir)
+        with cluster.stop_before_time_limit():
+            record = train(config, run_dir)
     except SweepError as err:  # no job of this sweep could run: stop it here
         raise SystemExit(f"error: {err}") from None
     except (ConfigError, DataError, TrainingDiverged, RunInterrupted) as err:
@@ -170,10 +175,13 @@ def main(cfg: DictConfig) -> float:
         if rank_zero_only.rank == 0:
             status = "interrupted" if isinstance(err, RunInterrupted) else "failed"
             runs.record_error(run_dir, status, str(err))
-        if multirun and not isinstance(err, RunInterrupted):  # the sweep's other jobs go on
+        # The sweep's other jobs go on; Ctrl-C or SIGTERM stops a sweep too, unless it stopped one
+        # job of a cluster's (scancel, its time limit).
+        on_cluster = "submitit" in str(hydra_cfg.launcher.get("_target_"))
+        if multirun and (on_cluster or not isinstance(err, RunInterrupted)):
             log.error(message)
             raise JobFailed(message) from None
-        raise SystemExit(message) from None  # Ctrl-C or SIGTERM stops a sweep too
+        raise SystemExit(message) from None
     if rank_zero_only.rank == 0:
         print(
             f"test_acc={record['test_acc']:.4f} best_val_acc={record['best_val_acc']:.4f} "
@@ -185,6 +193,7 @@ def main(cfg: DictConfig) -> float:
 
 register()
 runs.register_resolvers()
+logging.getLogger("submitit").addFilter(cluster.AccountingMissing())
 
 if __name__ == "__main__":
     main()

@@ -10,10 +10,18 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pytest
+import torch
 
 import mlp_lab.train  # noqa: F401  (registers the resolvers of conf/train.yaml)
 from mlp_lab.config import load_config
-from mlp_lab.data import IMAGE_MAGIC, LABEL_MAGIC, PROJECT_DIR, default_root, idx_files
+from mlp_lab.data import (
+    IMAGE_MAGIC,
+    LABEL_MAGIC,
+    PROJECT_DIR,
+    MNISTDataModule,
+    default_root,
+    idx_files,
+)
 from mlp_lab.module import MLPClassifier
 
 CONF_DIR = str(PROJECT_DIR / "conf")
@@ -111,3 +119,16 @@ def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
     """`python -m module args...` from the project directory, output captured."""
     command = [sys.executable, "-m", module, *args]
     return subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_DIR)
+
+
+def assert_checkpoint_scores(run: Path, record: dict, root: Path) -> None:
+    """A Fashion-MNIST run's logged val and test accuracy are its best checkpoint's, evaluated here
+    in one process on the whole splits (as DDP's ranks must add up to)."""
+    dm = MNISTDataModule("fashion_mnist", root, seed=42)
+    dm.setup()
+    model = MLPClassifier.load_from_checkpoint(run / record["checkpoint"]).eval()
+    for split, logged in (("val", record["best_val_acc"]), ("test", record["test_acc"])):
+        x, y = dm.splits[split]
+        with torch.no_grad():
+            acc = (model(x).argmax(1) == y).float().mean().item()
+        assert logged == pytest.approx(acc, abs=1e-6), split

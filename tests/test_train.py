@@ -9,12 +9,12 @@ import optuna
 import pytest
 import torch
 import yaml
-from conftest import fast_overrides, quiet, run_module
+from conftest import assert_checkpoint_scores, fast_overrides, quiet, run_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from mlp_lab.config import ConfigError, load_config
-from mlp_lab.data import PROJECT_DIR, MNISTDataModule, idx_files, load_split
+from mlp_lab.data import PROJECT_DIR, idx_files, load_split
 from mlp_lab.module import MLPClassifier, TrainingDiverged
 from mlp_lab.report import find_studies
 from mlp_lab.runs import resumed_config
@@ -339,14 +339,7 @@ def test_ddp_on_two_cpu_processes_logs_the_val_acc_of_its_checkpoint(real_data_r
     record = _metrics(run)
     assert (run / "train_ddp_process_1.log").is_file()
 
-    dm = MNISTDataModule("fashion_mnist", real_data_root, seed=42)
-    dm.setup()
-    model = MLPClassifier.load_from_checkpoint(run / record["checkpoint"]).eval()
-    for split, logged in (("val", record["best_val_acc"]), ("test", record["test_acc"])):
-        x, y = dm.splits[split]
-        with torch.no_grad():
-            acc = (model(x).argmax(1) == y).float().mean().item()
-        assert logged == pytest.approx(acc, abs=1e-6), split
+    assert_checkpoint_scores(run, record, real_data_root)
 
 
 def test_every_training_option_together_trains(synthetic_root, tmp_path):
