@@ -124,6 +124,31 @@ def test_two_workers_share_one_study_with_no_trial_lost_or_run_twice(
         assert (tmp_path / f"report/{sweep.name}_{figure}.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_diverging_trial_fails_and_the_search_goes_on(synthetic_root, tmp_path):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    result = run_module(
+        "mlp_lab.train",
+        *search(storage, tmp_path / "sweep", "hydra.sweeper.n_trials=2"),
+        # The learning rate alone is searched, and the random sampler seeded 10 draws the
+        # diverging one first, then the good one.
+        "hydra.sweeper.sampler.name=random",
+        "hydra.sweeper.sampler.seed=10",
+        "optimizer.lr=choice(1e12,0.1)",
+        "optimizer.weight_decay=0",
+        "model.dropout=0",
+        "model.hidden=[32]",
+        "model.batch_norm=false",
+        *fast_overrides(synthetic_root, "trainer.max_epochs=2", "model.init_std=null"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    first, second = trials(storage)
+    assert [first.params, second.params] == [{"optimizer.lr": 1e12}, {"optimizer.lr": 0.1}]
+    assert [first.state, second.state] == [State.FAIL, State.COMPLETE]
+    record = runs.read_record(tmp_path / "sweep/0")
+    assert record["status"] == "failed" and record["error"].startswith("training loss is nan")
+    assert second.value == runs.read_record(tmp_path / "sweep/1")["best_val_acc"]
+
+
 def test_a_killed_workers_trial_is_failed_when_the_search_starts_again(synthetic_root, tmp_path):
     storage = f"sqlite:///{tmp_path}/s.db"
     args = ["hydra.sweeper.pruner.name=none"]
