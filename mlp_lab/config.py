@@ -37,14 +37,20 @@ class DataConfig:
     eval_batch_size: int = 5000  # evaluation batches are large: no gradients to keep
     val_size: int = 5000  # images held out of the official training set
     download: bool = True  # try torchvision's download before the offline packages
-    # Training augmentation on the in-memory tensors: each image moved by up to `shift` pixels
-    # in x and y (zeros fill in), and mirrored left-right with probability 1/2 when `flip`.
+    # Training augmentation on the in-memory tensors: each image warped by a smooth random
+    # displacement field (Simard et al. 2003: `elastic` is its alpha in pixels, 34 there, blurred
+    # over `elastic_sigma` pixels, 4 there; 0: off), moved by up to `shift` pixels in x and y
+    # (zeros fill in), and mirrored left-right with probability 1/2 when `flip`.
+    elastic: float = 0.0
+    elastic_sigma: float = 4.0
     shift: int = 0
     flip: bool = False
 
     def __post_init__(self):
         _one_of("data.name", self.name, DATASETS)
         _require(0 <= self.shift < 14, "data.shift", self.shift, "0 <= shift < 14 pixels")
+        _require(self.elastic >= 0, "data.elastic", self.elastic, ">= 0 (0: off)")
+        _require(self.elastic_sigma > 0, "data.elastic_sigma", self.elastic_sigma, "> 0 pixels")
         for key in ("batch_size", "eval_batch_size", "val_size"):
             value = getattr(self, key)
             _require(value > 0, f"data.{key}", value, "a positive integer")

@@ -183,6 +183,8 @@ def test_resume_and_ckpt_path_exclude_each_other():
         (["optimizer.schedule=step"], "optimizer.schedule='step' is not allowed: use one of none"),
         (["optimizer.nesterov=true"], "optimizer.nesterov=True is not allowed: only with"),
         (["data.shift=20"], "data.shift=20 is not allowed: 0 <= shift < 14"),
+        (["data.elastic=-1"], "data.elastic=-1.0 is not allowed: >= 0 (0: off)"),
+        (["data.elastic_sigma=0"], "data.elastic_sigma=0.0 is not allowed: > 0 pixels"),
         (["loss.label_smoothing=1.0"], "loss.label_smoothing=1.0 is not allowed"),
         (["model.max_norm=0"], "model.max_norm=0.0 is not allowed: a positive float or null"),
     ],

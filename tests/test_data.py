@@ -6,6 +6,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from conftest import classifier, fast_overrides, quiet_trainer, synthetic_images, write_idx
 
@@ -252,3 +253,74 @@ def test_augmented_batches_are_seeded_and_keep_labels():
                 for m in (torch.tensor([False]), torch.tensor([True]))
             ]
             assert any(torch.equal(image, c[0]) for c in candidates)
+
+
+def test_elastic_warp_of_zero_strength_is_the_identity():
+    x = torch.rand(4, 784)
+    fields = data.displacement_fields(torch.rand(4, 2, 28, 28) * 2 - 1, alpha=0.0, sigma=4.0)
+    # Up to float32 rounding of the sampling grid (2.5e-6 measured).
+    assert torch.allclose(data.elastic_images(x, fields), x, atol=1e-5)
+
+
+def test_displacement_fields_are_the_noise_blurred_by_a_gaussian():
+    noise = torch.rand(3, 2, 28, 28) * 2 - 1
+    sigma, radius = 2.0, 6
+    # The reference: torch's convolution with a normalised Gaussian, edges replicated.
+    t = torch.arange(-radius, radius + 1.0)
+    kernel = torch.exp(-(t**2) / (2 * sigma**2))
+    kernel /= kernel.sum()
+    f = noise.reshape(6, 1, 28, 28)
+    f = F.conv2d(F.pad(f, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    f = F.conv2d(F.pad(f, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
+    fields = data.displacement_fields(noise, alpha=5.0, sigma=sigma)
+    assert torch.allclose(fields, 5.0 * f.view(3, 2, 28, 28), atol=1e-6)
+
+
+def test_a_uniform_elastic_field_is_a_shift_by_its_pixels():
+    # Displacing every pixel by (2, -1) reads pixel (r - 1, c + 2): shift_images moving the
+    # image by (-2, +1).
+    x = torch.rand(3, 784) + 0.1
+    fields = torch.empty(3, 2, 28, 28)
+    fields[:, 0], fields[:, 1] = 2.0, -1.0
+    shifted = data.shift_images(x, torch.full((3,), -2), torch.full((3,), 1))
+    assert torch.allclose(data.elastic_images(x, fields), shifted, atol=1e-5)
+    # A constant noise stays constant through the blur.
+    constant = data.displacement_fields(torch.full((1, 2, 28, 28), 0.5), alpha=4.0, sigma=3.0)
+    assert torch.allclose(constant, torch.full_like(constant, 2.0), atol=1e-6)
+
+
+def _blobs(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n flat images of a Gaussian blob (3 pixels wide) each, and their centres (x, y)."""
+    centres = torch.randint(8, 20, (n, 2), generator=torch.Generator().manual_seed(0)).float()
+    grid = torch.arange(28.0)
+    dx = grid[None, None, :] - centres[:, 0, None, None]
+    dy = grid[None, :, None] - centres[:, 1, None, None]
+    return torch.exp(-(dx**2 + dy**2) / 18).view(n, 784), centres
+
+
+def _centre_of_mass(x: torch.Tensor) -> torch.Tensor:
+    images, grid = x.view(-1, 28, 28), torch.arange(28.0)
+    mass = images.sum((1, 2))
+    return torch.stack(
+        ((images.sum(1) * grid).sum(1) / mass, (images.sum(2) * grid).sum(1) / mass), dim=1
+    )
+
+
+def test_elastic_batches_keep_labels_and_repeat_for_a_seed_and_epoch():
+    x, centres = _blobs(40)
+    y = torch.arange(40)
+
+    def epoch(e, **augment):
+        batches = TensorBatches(x, y, 16, shuffle=True, seed=3, **augment)
+        batches.set_epoch(e)
+        return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+
+    simard = {"elastic": 34.0, "elastic_sigma": 4.0}  # Simard et al.'s setting for 28x28 digits
+    (plain, labels), (warped, warped_labels) = epoch(1), epoch(1, **simard)
+    assert torch.equal(labels, warped_labels) and torch.equal(plain, x[labels])
+    assert torch.equal(warped, epoch(1, **simard)[0])  # the same (seed, epoch): the same warp
+    assert not torch.equal(warped, epoch(2, **simard)[0])
+    # Warped, not replaced: each blob's centre moves by a pixel or two, and each image changes.
+    moved = (_centre_of_mass(warped) - centres[labels]).norm(dim=1)
+    assert moved.max() < 3 and (warped - plain).abs().amax(1).min() > 0.01
+    assert warped.min() >= 0 and warped.max() <= 1
