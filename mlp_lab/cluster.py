@@ -21,6 +21,12 @@ def slurm_job() -> str | None:
     return env.get("SLURM_JOB_ID")
 
 
+def submitit_launcher(target: str) -> bool:
+    """Whether a Hydra launcher (its `_target_`) is one of submitit's: SLURM's or its local one."""
+    # Hydra loads plugins as fresh module objects, so the class is known by its name.
+    return target.startswith("hydra_plugins.hydra_submitit_launcher.")
+
+
 def cpus_per_task() -> int | None:
     """The CPUs SLURM gave this task, when it runs in a job that asked for them."""
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")

@@ -347,8 +347,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.root = Path(root).expanduser().resolve() if root else default_root()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.download, self.seed = val_size, download, seed
-        self.augment = {"shift": shift, "flip": flip, "elastic": elastic}
-        self.augment["elastic_sigma"] = elastic_sigma
+        self.augment = dict(shift=shift, flip=flip, elastic=elastic, elastic_sigma=elastic_sigma)
         self.num_classes, self.in_features = len(self.info.classes), 28 * 28
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -394,8 +393,9 @@ class MNISTDataModule(L.LightningDataModule):
     def train_dataloader(self) -> TensorBatches:
         rank, world_size = self._world()
         x, y = self.splits["train"]
-        batch_size = self.batch_size
-        return TensorBatches(x, y, batch_size, True, self.seed, rank, world_size, **self.augment)
+        return TensorBatches(
+            x, y, self.batch_size, True, self.seed, rank, world_size, **self.augment
+        )
 
     def _eval_batches(self, split: str) -> TensorBatches:
         # Under DDP each rank evaluates a disjoint slice and torchmetrics adds up the counts, so

@@ -35,6 +35,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from mlp_lab import runs
+from mlp_lab.cluster import submitit_launcher
 from mlp_lab.config import ConfigError, PrunerConfig, TrialConfig, flatten
 
 log = logging.getLogger(__name__)
@@ -194,8 +195,7 @@ class OptunaSweeper(Sweeper):
         slots = self.sweep_dir / ".slots"
         slots.mkdir(exist_ok=True)
         n = self.cfg.n_jobs
-        # Hydra loads plugins as fresh module objects: the launcher's class is known by its name.
-        if self.config.hydra.launcher._target_.startswith("hydra_plugins.hydra_submitit_launcher"):
+        if submitit_launcher(self.config.hydra.launcher._target_):
             cpus = self.config.hydra.launcher.get("cpus_per_task")
             threads = [f"num_threads={cpus}"] if cpus else []
             job = (space, [*threads, *fixed], slots)

@@ -177,7 +177,7 @@ def main(cfg: DictConfig) -> float:
             runs.record_error(run_dir, status, str(err))
         # The sweep's other jobs go on; Ctrl-C or SIGTERM stops a sweep too, unless it stopped one
         # job of a cluster's (scancel, its time limit).
-        on_cluster = "submitit" in str(hydra_cfg.launcher.get("_target_"))
+        on_cluster = cluster.submitit_launcher(str(hydra_cfg.launcher.get("_target_")))
         if multirun and (on_cluster or not isinstance(err, RunInterrupted)):
             log.error(message)
             raise JobFailed(message) from None
