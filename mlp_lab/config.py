@@ -37,6 +37,10 @@ class DataConfig:
     eval_batch_size: int = 5000  # evaluation batches are large: no gradients to keep
     val_size: int = 5000  # images held out of the official training set
     download: bool = True  # try torchvision's download before the offline packages
+    train_size: int | None = None  # keep this many of the training images (seeded); None: all
+    # This fraction of the training labels replaced by another class, drawn from the seed and
+    # the same every epoch (noisy labels: the double-descent curve); validation and test untouched.
+    label_noise: float = 0.0
     # Training augmentation on the in-memory tensors: each image warped by a smooth random
     # displacement field (Simard et al. 2003: `elastic` is its alpha in pixels, 34 there, blurred
     # over `elastic_sigma` pixels, 4 there; 0: off), moved by up to `shift` pixels in x and y
@@ -50,6 +54,16 @@ class DataConfig:
         _one_of("data.name", self.name, DATASETS)
         _require(0 <= self.shift < 14, "data.shift", self.shift, "0 <= shift < 14 pixels")
         _require(self.elastic >= 0, "data.elastic", self.elastic, ">= 0 (0: off)")
+        _require(
+            0 <= self.label_noise < 1, "data.label_noise", self.label_noise, "0 <= fraction < 1"
+        )
+        if self.train_size is not None:
+            _require(
+                self.train_size > 0,
+                "data.train_size",
+                self.train_size,
+                "a positive integer or null",
+            )
         _require(self.elastic_sigma > 0, "data.elastic_sigma", self.elastic_sigma, "> 0 pixels")
         for key in ("batch_size", "eval_batch_size", "val_size"):
             value = getattr(self, key)

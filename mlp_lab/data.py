@@ -251,6 +251,19 @@ def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch
     return order[val_size:], order[:val_size]
 
 
+def noisy_labels(y: torch.Tensor, fraction: float, num_classes: int, seed: int) -> torch.Tensor:
+    """`y` with round(fraction·n) labels, drawn from the seed, each moved to another class."""
+    # A stream of its own: epoch e's batch order draws from seed·1,000,003 + e.
+    gen = torch.Generator().manual_seed(seed * 1_000_003 - 1)
+    count = round(fraction * len(y))
+    rows = torch.randperm(len(y), generator=gen)[:count]
+    # An offset of 1 to num_classes - 1: uniform over the other classes, never the same one.
+    offset = torch.randint(1, num_classes, (count,), generator=gen)
+    noisy = y.clone()
+    noisy[rows] = (y[rows] + offset.to(y.dtype)) % num_classes
+    return noisy
+
+
 class TensorBatches:
     """Mini-batches sliced from in-memory tensors, in a new seeded order each epoch when shuffling.
 
@@ -337,6 +350,8 @@ class MNISTDataModule(L.LightningDataModule):
         val_size: int = 5000,
         download: bool = True,
         seed: int = 42,
+        train_size: int | None = None,
+        label_noise: float = 0.0,
         shift: int = 0,
         flip: bool = False,
         elastic: float = 0.0,
@@ -347,6 +362,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.root = Path(root).expanduser().resolve() if root else default_root()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.download, self.seed = val_size, download, seed
+        self.train_size, self.label_noise = train_size, label_noise
         self.augment = dict(shift=shift, flip=flip, elastic=elastic, elastic_sigma=elastic_sigma)
         self.num_classes, self.in_features = len(self.info.classes), 28 * 28
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -378,9 +394,19 @@ class MNISTDataModule(L.LightningDataModule):
             return
         x, y = load_split(self.name, self.root, "train")
         train, val = split_indices(len(x), self.val_size, self.seed)
+        if self.train_size is not None:
+            if self.train_size > len(train):
+                raise DataError(
+                    f"data.train_size={self.train_size} is more than the {len(train)} training "
+                    f"images left beside data.val_size={self.val_size}: lower one of them"
+                )
+            train = train[: self.train_size]  # already a seeded random order
+        y_train = y[train]
+        if self.label_noise:
+            y_train = noisy_labels(y_train, self.label_noise, self.num_classes, self.seed)
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         splits = {
-            "train": (x[train], y[train]),
+            "train": (x[train], y_train),
             "val": (x[val], y[val]),
             "test": load_split(self.name, self.root, "test"),
         }

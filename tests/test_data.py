@@ -45,6 +45,61 @@ def test_split_is_seeded_disjoint_and_complete(synthetic_root):
     assert len(torch.unique(every, dim=0)) == len(torch.unique(full, dim=0))
 
 
+@pytest.mark.parametrize("fraction", [0.0, 0.2, 0.5])
+def test_label_noise_moves_exactly_the_fraction_of_training_labels_to_other_classes(
+    synthetic_root, fraction
+):
+    def splits(seed, noise):
+        dm = MNISTDataModule("mnist", synthetic_root, val_size=200, seed=seed, label_noise=noise)
+        dm.setup()
+        return dm.splits
+
+    clean, noisy = splits(3, 0.0), splits(3, fraction)
+    changed = clean["train"][1] != noisy["train"][1]
+    # 1000 training labels: 0, 200 or 500 of them changed, each to a different class.
+    assert int(changed.sum()) == round(fraction * 1000)
+    assert torch.equal(noisy["train"][0], clean["train"][0])
+    for split in ("val", "test"):
+        assert all(torch.equal(a, b) for a, b in zip(clean[split], noisy[split], strict=True))
+    # The same seed gives the same noisy labels (every epoch reads these tensors); another seed not.
+    assert torch.equal(splits(3, fraction)["train"][1], noisy["train"][1])
+    if fraction:
+        other = splits(4, fraction)
+        flipped = other["train"][1] != splits(4, 0.0)["train"][1]
+        assert int(flipped.sum()) == round(fraction * 1000)
+        assert not torch.equal(flipped, changed)
+
+
+def test_noisy_labels_spread_over_the_other_classes():
+    y = torch.arange(10).repeat(2000)
+    noisy = data.noisy_labels(y, 0.5, 10, seed=0)
+    moved = noisy != y
+    assert int(moved.sum()) == 10_000
+    # Every label of class c that moved lands on each of the 9 other classes about equally often.
+    counts = torch.zeros(10, 10, dtype=torch.long)
+    counts.index_put_(
+        (y[moved], noisy[moved]), torch.ones(10_000, dtype=torch.long), accumulate=True
+    )
+    assert counts.diagonal().sum() == 0
+    off = counts[~torch.eye(10, dtype=torch.bool)].float()
+    assert off.sum() == 10_000 and off.min() > 60 and off.max() < 170  # expected 111 each
+
+
+def test_train_size_keeps_a_seeded_subset_of_the_training_split(synthetic_root):
+    def splits(seed, size):
+        dm = MNISTDataModule("mnist", synthetic_root, val_size=200, seed=seed, train_size=size)
+        dm.setup()
+        return dm.splits
+
+    full, small = splits(5, None), splits(5, 300)
+    assert len(small["train"][0]) == 300 and torch.equal(small["val"][0], full["val"][0])
+    # A subset of the full training split, and the same subset for the same seed.
+    assert torch.equal(small["train"][0], full["train"][0][:300])
+    assert torch.equal(splits(5, 300)["train"][1], small["train"][1])
+    with pytest.raises(DataError, match="data.train_size=1001 is more than the 1000 training"):
+        splits(5, 1001)
+
+
 def test_batches_cover_every_row_once_in_an_order_set_by_seed_and_epoch():
     x = torch.arange(10).float().unsqueeze(1)
 
