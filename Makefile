@@ -37,8 +37,9 @@ cluster-packages:
 train: data
 	$(PY) -m mlp_lab.train $(ARGS)
 
-# The best_* experiments are single long runs, not studies of the lab.
-STUDIES := $(filter-out best_%,$(basename $(notdir $(wildcard conf/experiment/*.yaml))))
+# The best_* experiments are single long runs, not studies of the lab; complexity (the lab's
+# question 1, 27 sizes) is as long as the rest together: `make lab STUDIES=complexity` runs it.
+STUDIES := $(filter-out best_% complexity,$(basename $(notdir $(wildcard conf/experiment/*.yaml))))
 LAB := outputs/lab
 SEEDS ?= 0,1
 # A study's runs train JOBS at a time (joblib workers), each with its share of the cores.

@@ -6,10 +6,19 @@ from conftest import quiet, run_module
 
 from mlp_lab.config import load_config
 from mlp_lab.data import PROJECT_DIR
-from mlp_lab.report import find_studies, study_table, write_report
+from mlp_lab.report import (
+    complexity,
+    find_studies,
+    interpolation_line,
+    plot_complexity,
+    study_table,
+    write_report,
+)
 
 
-def fake_run(path, overrides, val_acc, test_acc, epochs=3, finished=True):
+def fake_run(
+    path, overrides, val_acc, test_acc, epochs=3, finished=True, params=1000, train_acc=0.5
+):
     (path / ".hydra").mkdir(parents=True)
     (path / ".hydra/overrides.yaml").write_text(yaml.safe_dump(overrides))
     if not finished:
@@ -18,14 +27,14 @@ def fake_run(path, overrides, val_acc, test_acc, epochs=3, finished=True):
         {
             "epoch": e,
             "train_loss": 1 / e,
-            "train_acc": 0.5,
+            "train_acc": train_acc,
             "val_loss": 1.0,
             "val_acc": val_acc - 0.01 * (epochs - e),
         }
         for e in range(1, epochs + 1)
     ]
     record = {
-        "params": 1000,
+        "params": params,
         "history": history,
         "best_val_acc": val_acc,
         "best_epoch": epochs,
@@ -115,6 +124,67 @@ def test_report_writes_markdown_and_overlay_figure(sweep, tmp_path):
     assert f"- `{sweep / '4'}`: no metrics.json" in text
     assert f"- `{sweep / '5'}`: failed: training loss is nan at epoch 1" in text
     assert (out / "batch_norm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# A complexity sweep with known errors: (hidden, seed) -> (params, final train acc, val, test).
+SIZES = {
+    ("[4]", 0): (3_190, 0.80, 0.78, 0.77),
+    ("[4]", 1): (3_190, 0.82, 0.80, 0.79),
+    ("[64]", 0): (50_890, 0.995, 0.90, 0.89),
+    ("[64]", 1): (50_890, 0.987, 0.92, 0.91),
+    ("[256]", 0): (203_530, 1.0, 0.95, 0.94),
+    ("[256]", 1): (203_530, 1.0, 0.97, 0.96),
+    ("[4,4]", 0): (3_210, 0.70, 0.69, 0.68),
+    ("[4,4]", 1): (3_210, 0.74, 0.71, 0.70),
+    ("[64,64]", 0): (55_050, 0.999, 0.93, 0.92),
+    ("[64,64]", 1): (55_050, 0.995, 0.95, 0.94),
+}
+
+
+def test_complexity_figure_plots_the_records_errors_by_depth(tmp_path):
+    root = tmp_path / "complexity/2026-01-01_00-00-00"
+    root.mkdir(parents=True)
+    (root / "multirun.yaml").write_text("{}")
+    for n, ((hidden, seed), (params, train, val, test)) in enumerate(SIZES.items()):
+        overrides = ["experiment=complexity", f"model.hidden={hidden}", f"seed={seed}"]
+        fake_run(root / str(n), overrides, val, test, params=params, train_acc=train)
+    (study,) = find_studies([root])
+    depths = complexity(study)
+    assert list(depths) == [1, 2]
+    fig = plot_complexity("complexity", depths)
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    # Means over the two seeds: train error (0.19, 0.009, 0.0) for one layer, (0.28, 0.003) for two.
+    expected = {
+        "final training error": ([0.19, 0.009, 0.0], [0.28, 0.003]),
+        "best validation error": ([0.21, 0.09, 0.04], [0.30, 0.06]),
+        "test error": ([0.22, 0.10, 0.05], [0.31, 0.07]),
+    }
+    for title, (one, two) in expected.items():
+        lines = [line for line in panels[title].get_lines() if line.get_marker() == "o"]
+        assert list(lines[0].get_xdata()) == [3_190, 50_890, 203_530]
+        assert list(lines[1].get_xdata()) == [3_210, 55_050]
+        assert lines[0].get_ydata() == pytest.approx(one)
+        assert lines[1].get_ydata() == pytest.approx(two)
+        # The interpolation points (mean train error <= 0.01): 50,890 and 55,050 parameters.
+        dashed = [
+            line.get_xdata()[0] for line in panels[title].get_lines() if line.get_ls() == "--"
+        ]
+        assert dashed == [50_890, 55_050]
+    # The bands are mean ± the seeds' sample std: one layer's test error spans 0.22 ± 0.01414
+    # at 4 units down to 0.05 ± 0.01414 at 256.
+    band = panels["test error"].collections[0].get_paths()[0].vertices[:, 1]
+    assert band.max() == pytest.approx(0.22 + 0.014142, abs=1e-5)
+    assert band.min() == pytest.approx(0.05 - 0.014142, abs=1e-5)
+    assert interpolation_line(depths) == (
+        "Training error first at or below 0.01 (the interpolation point): "
+        "1 hidden layer: 50,890 parameters; 2 hidden layers: 55,050 parameters."
+    )
+    text = write_report([root], tmp_path / "out").read_text()
+    assert "![error against size](complexity_error_vs_size.png)" in text
+    assert "| model.hidden=[64] | 2 | 50,890 | 0.9100 ± 0.0141 |" in text
+    # A study that sweeps anything besides model.hidden gets no complexity figure.
+    fake_run(root / "99", ["experiment=complexity", "model.hidden=[4]", "optimizer.lr=1"], 0.5, 0.5)
+    assert complexity(find_studies([root])[0]) is None
 
 
 def test_report_cli_errors_on_a_directory_without_runs(tmp_path):
