@@ -112,6 +112,21 @@ def test_every_study_composes_with_its_sweep(study):
     assert cfg.data.name == "fashion_mnist"  # every study runs on the lab's default dataset
 
 
+def test_complexity_study_sweeps_widths_on_a_log_scale_at_three_depths():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = _with_hydra("experiment=complexity")
+    (override,) = OverridesParser.create().parse_overrides(
+        [f"model.hidden={cfg.hydra.sweeper.params['model.hidden']}"]
+    )
+    widths = [4, 8, 16, 32, 64, 128, 256, 512, 1024]
+    expected = [[w] * depth for depth in (1, 2, 3) for w in widths]
+    assert [list(v) for v in override.sweep_iterator()] == expected
+    assert cfg.data.train_size == 4000 and cfg.data.label_noise == 0.0
+    assert cfg.optimizer.name == "adam" and cfg.trainer.max_epochs == 100
+    assert cfg.model.dropout == 0.0 and not cfg.model.batch_norm and cfg.data.shift == 0
+
+
 def test_misspelt_group_option_lists_the_options():
     with pytest.raises(MissingConfigException) as err:
         load_config("data=fashoin")
@@ -185,6 +200,8 @@ def test_resume_and_ckpt_path_exclude_each_other():
         (["data.shift=20"], "data.shift=20 is not allowed: 0 <= shift < 14"),
         (["data.elastic=-1"], "data.elastic=-1.0 is not allowed: >= 0 (0: off)"),
         (["data.elastic_sigma=0"], "data.elastic_sigma=0.0 is not allowed: > 0 pixels"),
+        (["data.label_noise=1"], "data.label_noise=1.0 is not allowed: 0 <= fraction < 1"),
+        (["data.train_size=0"], "data.train_size=0 is not allowed: a positive integer or null"),
         (["loss.label_smoothing=1.0"], "loss.label_smoothing=1.0 is not allowed"),
         (["model.max_norm=0"], "model.max_norm=0.0 is not allowed: a positive float or null"),
     ],
@@ -199,6 +216,29 @@ def test_training_options_reject_bad_values(overrides, message):
 )
 def test_best_experiments_are_mlps_with_the_fields_options(name, dataset):
     cfg = load_config(f"experiment={name}")
-    assert cfg.data.name == dataset and cfg.data.shift > 0 and cfg.model.batch_norm
+    assert cfg.data.name == dataset and cfg.model.batch_norm
     assert cfg.optimizer.schedule == "onecycle" and cfg.loss.label_smoothing > 0
     assert cfg.model.hidden and cfg.trainer.max_epochs <= 60
+
+
+@pytest.mark.parametrize(
+    "name, dataset", [("best_mnist", "mnist"), ("best_fashion", "fashion_mnist")]
+)
+def test_the_searches_behind_the_best_experiments_compose(name, dataset):
+    from mlp_lab.search import search_space
+
+    cfg = _with_hydra(f"hparams_search={name}")
+    sweeper = cfg.hydra.sweeper
+    assert cfg.data.name == dataset and cfg.trainer.max_epochs == 15 and cfg.model.batch_norm
+    assert sweeper.study_name == name and sweeper.pruner.warmup_epochs == 3
+    space, fixed = search_space(dict(sweeper.params), [])
+    assert set(space) == {
+        "model.hidden",
+        "model.dropout",
+        "optimizer.lr",
+        "optimizer.weight_decay",
+        "loss.label_smoothing",
+        "data.shift",
+        "data.elastic",
+    }
+    assert 0.0 in space["data.elastic"].choices and fixed == ["model.batch_norm=True"]
