@@ -4,17 +4,17 @@
 
 A directory is a run (it holds `.hydra/`), a sweep (numbered runs beside `multirun.yaml`), or any
 folder above them. Runs are grouped by sweep, variants by the overrides that differ between runs,
-and seeds are averaged.
+and seeds are averaged; each variant is compared with the best variant, seed by seed.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
 import platform
 import statistics
 import sys
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date
@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import yaml
 from matplotlib.figure import Figure
+from scipy import stats
 
 from mlp_lab import runs
 from mlp_lab.config import LOGISTICS
@@ -108,19 +109,73 @@ class Variant:
         values = self.values(key)
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
-    def interval(self, key: str) -> tuple[float, float] | None:
-        """mean ± 2·std/√n; None with a single seed, whose noise cannot be told."""
-        if len(self.runs) < 2:
-            return None
-        mean, std = self.mean_std(key)
-        half = 2 * std / math.sqrt(len(self.runs))
-        return mean - half, mean + half
+    def by_seed(self, key: str) -> dict[str, float]:
+        """Seed → value, averaged over the runs of that seed."""
+        values: dict[str, list[float]] = defaultdict(list)
+        for run in self.runs:
+            values[seed_of(run)].append(run.record[key])
+        return {s: statistics.fmean(v) for s, v in values.items()}
 
     def curve(self, key: str) -> list[float]:
         """Per-epoch mean over seeds, as long as the shortest run."""
         histories = [run.record["history"] for run in self.runs]
         length = min(len(h) for h in histories)
         return [statistics.fmean(h[i][key] for h in histories) for i in range(length)]
+
+
+def seed_of(run: Run) -> str:
+    """The run's seed: from its config, else its override; "default" for the config's default."""
+    config = run.record.get("config")
+    if isinstance(config, dict) and "seed" in config:
+        return str(config["seed"])
+    return run.overrides.get("seed", "default")
+
+
+@dataclass
+class Comparison:
+    """A variant's value minus the best's: the mean difference and its 95 % t-interval."""
+
+    mean: float
+    low: float
+    high: float
+    paired_seeds: int  # 0: unpaired (Welch)
+
+    def verdict(self) -> str:
+        if self.low > 0:
+            word = "better"
+        elif self.high < 0:
+            word = "worse"
+        else:
+            word = "no clear difference"
+        how = f"paired, {self.paired_seeds} seeds" if self.paired_seeds else "unpaired, Welch"
+        return f"{word} ({how})"
+
+    def interval(self) -> str:
+        return f"{self.mean:.4f} [{self.low:.4f}, {self.high:.4f}]"
+
+
+def compare(variant: Variant, best: Variant, key: str = "best_val_acc") -> Comparison | None:
+    """`variant` − `best` on `key`, paired by seed where they share two or more seeds, else
+    Welch's unpaired interval; None with one run on either side, whose noise cannot be told."""
+    mine, theirs = variant.by_seed(key), best.by_seed(key)
+    shared = sorted(mine.keys() & theirs.keys())
+    with warnings.catch_warnings():
+        # Equal differences on every seed give a zero-width interval, as they should; SciPy
+        # warns of precision loss there.
+        warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+        # A seed fixes the split, the initial weights and the batch order, so runs of one seed
+        # differ only by the variant: their differences cancel the seed-to-seed spread.
+        if len(shared) >= 2:
+            a, b = [mine[s] for s in shared], [theirs[s] for s in shared]
+            result, paired_seeds = stats.ttest_rel(a, b), len(shared)
+        elif len(variant.runs) >= 2 and len(best.runs) >= 2:
+            a, b = variant.values(key), best.values(key)
+            result, paired_seeds = stats.ttest_ind(a, b, equal_var=False), 0
+        else:
+            return None
+    low, high = result.confidence_interval(0.95)
+    mean = statistics.fmean(a) - statistics.fmean(b)
+    return Comparison(mean, float(low), float(high), paired_seeds)
 
 
 def variants(study: Study) -> list[Variant]:
@@ -142,26 +197,25 @@ def _fmt(variant: Variant, key: str, digits: int = 4) -> str:
 def study_table(study: Study) -> str:
     groups = variants(study)
     best = max(groups, key=lambda v: v.mean_std("best_val_acc")[0])
-    best_interval = best.interval("best_val_acc")
-    header = (*COLUMNS, "vs best")
+    header = (*COLUMNS, "Δ val acc vs best [95 % CI]", "vs best")
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for v in groups:
-        interval = v.interval("best_val_acc")
+        comparison = compare(v, best) if v is not best else None
+        difference = comparison.interval() if comparison else "-"
         if len(groups) == 1:
             verdict = "-"
         elif v is best:
             verdict = "best"
-        elif interval is None or best_interval is None:
+        elif comparison is None:
             verdict = "one seed: noise unknown"
-        elif interval[1] >= best_interval[0]:
-            verdict = "within noise"
         else:
-            verdict = "worse"
+            verdict = comparison.verdict()
         epochs = "/".join(str(e) for e in v.values("best_epoch"))
         lines.append(
             f"| {v.label} | {len(v.runs)} | {v.runs[0].record['params']:,} | "
             f"{_fmt(v, 'best_val_acc')} | {epochs} | {_fmt(v, 'test_acc')} | "
-            f"{_fmt(v, 'mean_epoch_time_s', 2)} | {_fmt(v, 'wall_time_s', 1)} | {verdict} |"
+            f"{_fmt(v, 'mean_epoch_time_s', 2)} | {_fmt(v, 'wall_time_s', 1)} | "
+            f"{difference} | {verdict} |"
         )
     return "\n".join(lines)
 
@@ -274,8 +328,10 @@ def write_report(dirs: list[Path], out: Path) -> Path:
         "",
         f"{n_runs} runs in {len(studies)} studies, {date.today()}, on {_machine()}. "
         "Test accuracy is the checkpoint with the best validation accuracy; with several seeds, "
-        "mean ± std, and a variant is *within noise* of the best when their mean ± 2·std/√n "
-        "intervals of best val accuracy overlap.",
+        "mean ± std. Each variant is compared with the best on best val accuracy, seed by seed "
+        "where both have the seed: the mean difference and its 95 % t-interval, *better* or "
+        "*worse* when the interval excludes 0, else *no clear difference*; unpaired (Welch) "
+        "where they share fewer than two seeds.",
     ]
     for study in studies:
         lines += ["", f"## {study.name}", "", f"`{study.path}`", ""]

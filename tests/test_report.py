@@ -1,17 +1,24 @@
 import json
+import math
+import statistics
 
 import pytest
 import yaml
 from conftest import quiet, run_module
+from scipy import stats
 
 from mlp_lab.config import load_config
 from mlp_lab.data import PROJECT_DIR
 from mlp_lab.report import (
+    Run,
+    compare,
     complexity,
     find_studies,
     interpolation_line,
     plot_complexity,
+    seed_of,
     study_table,
+    variants,
     write_report,
 )
 
@@ -94,21 +101,129 @@ def test_runs_group_by_sweep_and_variants_average_seeds(sweep):
     assert rows[1].startswith(
         "| model.batch_norm=true | 2 | 1,000 | 0.8950 ± 0.0071 | 3/3 | 0.8850 ± 0.0071 |"
     )
-    # Intervals 0.865 ± 0.01 and 0.895 ± 0.01 do not overlap.
-    assert rows[0].endswith("| worse |") and rows[1].endswith("| best |")
+    # Without batch norm, 0.03 lower on both seeds: a zero-width interval.
+    assert rows[0].endswith("| -0.0300 [-0.0300, -0.0300] | worse (paired, 2 seeds) |")
+    assert rows[1].endswith("| - | best |")
 
 
-def test_overlapping_intervals_are_within_noise(tmp_path):
+def two_widths(tmp_path, best, other, *more):
+    """A sweep of model.hidden=[2] (`best`), [1] (`other`), [3], ...: each a dict seed → val acc."""
     root = tmp_path / "sweep"
-    root.mkdir()
+    root.mkdir(parents=True)
     (root / "multirun.yaml").write_text("{}")
-    for n, (width, seed, val) in enumerate(
-        [(1, 0, 0.80), (1, 1, 0.90), (2, 0, 0.84), (2, 1, 0.88)]
-    ):
-        fake_run(root / str(n), [f"model.hidden=[{width}]", f"seed={seed}"], val, val)
+    by_width = [(2, best), (1, other)] + [(3 + i, accs) for i, accs in enumerate(more)]
+    runs = [(width, seed, val) for width, accs in by_width for seed, val in accs.items()]
+    for n, (width, seed, val) in enumerate(runs):
+        fake_run(root / f"{n:02d}", [f"model.hidden=[{width}]", f"seed={seed}"], val, val)
     (study,) = find_studies([root])
-    verdicts = [row.rsplit("|", 2)[1].strip() for row in study_table(study).splitlines()[2:]]
-    assert verdicts == ["within noise", "best"]
+    return study, {v.label: v for v in variants(study)}
+
+
+def verdicts(study):
+    """Each row's label → its last two cells: the difference [interval] and the verdict."""
+    rows = [row.strip("|").split("|") for row in study_table(study).splitlines()[2:]]
+    return {cells[0].strip(): (cells[-2].strip(), cells[-1].strip()) for cells in rows}
+
+
+def test_seeds_that_disagree_give_no_clear_difference(tmp_path):
+    # Differences [1] − [2]: -0.04 at seed 0, +0.02 at seed 1; a 2-seed t-interval is wide.
+    study, _ = two_widths(tmp_path, {0: 0.84, 1: 0.88}, {0: 0.80, 1: 0.90})
+    assert verdicts(study)["model.hidden=[1]"][1] == "no clear difference (paired, 2 seeds)"
+    assert verdicts(study)["model.hidden=[2]"] == ("-", "best")
+
+
+def test_paired_difference_and_interval_match_a_hand_computation(tmp_path):
+    best, other = {0: 0.90, 1: 0.91, 2: 0.93}, {0: 0.88, 1: 0.90, 2: 0.90}
+    study, groups = two_widths(tmp_path, best, other)
+    comparison = compare(groups["model.hidden=[1]"], groups["model.hidden=[2]"])
+    # Differences -0.02, -0.01, -0.03: mean -0.02, sample std 0.01, se 0.01/√3 = 0.0057735027;
+    # t(0.975, 2 df) = 4.302652729911275, half width 4.3026527299 × 0.0057735027 = 0.0248413771.
+    assert comparison.mean == pytest.approx(-0.02)
+    assert comparison.low == pytest.approx(-0.0448413771, abs=1e-9)
+    assert comparison.high == pytest.approx(0.0048413771, abs=1e-9)
+    assert comparison.paired_seeds == 3
+    assert verdicts(study)["model.hidden=[1]"] == (
+        "-0.0200 [-0.0448, 0.0048]",
+        "no clear difference (paired, 3 seeds)",
+    )
+
+
+def test_pairing_uses_only_the_seeds_both_variants_have(tmp_path):
+    # As in the hand computation above, plus a seed 4 only the best has and a seed 3 only the
+    # other has, both far from the rest: used, they would move the mean difference.
+    best, other = {0: 0.90, 1: 0.91, 2: 0.93, 4: 0.95}, {0: 0.88, 1: 0.90, 2: 0.90, 3: 0.70}
+    study, groups = two_widths(tmp_path, best, other)
+    comparison = compare(groups["model.hidden=[1]"], groups["model.hidden=[2]"])
+    assert comparison.mean == pytest.approx(-0.02)
+    assert comparison.low == pytest.approx(-0.0448413771, abs=1e-9)
+    assert comparison.high == pytest.approx(0.0048413771, abs=1e-9)
+    assert verdicts(study)["model.hidden=[1]"][1] == "no clear difference (paired, 3 seeds)"
+
+
+def test_variants_without_shared_seeds_compare_unpaired_by_welch(tmp_path):
+    # One seed (2) in common is too few to pair; [3] has a single run.
+    best, other = {0: 0.90, 1: 0.92, 2: 0.94}, {2: 0.86, 3: 0.89}
+    study, groups = two_widths(tmp_path, best, other, {5: 0.5})
+    comparison = compare(groups["model.hidden=[1]"], groups["model.hidden=[2]"])
+    # Means 0.875 and 0.92; variances 0.00045 (2 runs) and 0.0004 (3 runs), so squared standard
+    # errors 0.000225 and 0.00013333: se = √0.00035833 = 0.0189297; Welch–Satterthwaite
+    # df = 0.00035833² / (0.000225²/1 + 0.00013333²/2) = 2.15753, t(0.975, df) = 4.01520:
+    # -0.045 ± 0.0760064.
+    assert comparison.mean == pytest.approx(-0.045)
+    assert comparison.low == pytest.approx(-0.1210064, abs=1e-6)
+    assert comparison.high == pytest.approx(0.0310064, abs=1e-6)
+    assert comparison.paired_seeds == 0
+    # The same from the formula, with SciPy only for the t quantile.
+    a, b = list(other.values()), list(best.values())
+    var_a, var_b = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    df = (var_a + var_b) ** 2 / (var_a**2 / (len(a) - 1) + var_b**2 / (len(b) - 1))
+    half = stats.t.ppf(0.975, df) * math.sqrt(var_a + var_b)
+    assert (comparison.low, comparison.high) == pytest.approx((-0.045 - half, -0.045 + half))
+    rows = verdicts(study)
+    assert rows["model.hidden=[1]"] == (
+        "-0.0450 [-0.1210, 0.0310]",
+        "no clear difference (unpaired, Welch)",
+    )
+    assert rows["model.hidden=[3]"] == ("-", "one seed: noise unknown")
+
+
+def test_pairing_finds_a_consistent_effect_that_overlap_misses(tmp_path):
+    # The seeds spread by 0.05 and the variant is 0.01 (±0.002) lower on each: differences
+    # -0.010, -0.012, -0.008, mean -0.01, std 0.002, so -0.01 ± 4.3027 × 0.002/√3 = ± 0.004968.
+    best, other = {0: 0.80, 1: 0.85, 2: 0.90}, {0: 0.79, 1: 0.838, 2: 0.892}
+    study, groups = two_widths(tmp_path, best, other)
+    assert verdicts(study)["model.hidden=[1]"] == (
+        "-0.0100 [-0.0150, -0.0050]",
+        "worse (paired, 3 seeds)",
+    )
+
+    def old_interval(accs):  # the rule this replaces: mean ± 2·std/√n
+        half = 2 * statistics.stdev(accs) / math.sqrt(len(accs))
+        return statistics.fmean(accs) - half, statistics.fmean(accs) + half
+
+    (best_low, _), (_, other_high) = old_interval(best.values()), old_interval(other.values())
+    assert other_high > best_low  # 0.84 + 0.0586 > 0.85 - 0.0577: they overlap
+
+    # Consistently higher on the seeds both have: better, though the best's extra seed 3
+    # makes its mean the highest.
+    study, _ = two_widths(tmp_path / "b", {**best, 3: 0.99}, {0: 0.81, 1: 0.862, 2: 0.908})
+    assert verdicts(study)["model.hidden=[1]"] == (
+        "0.0100 [0.0050, 0.0150]",
+        "better (paired, 3 seeds)",
+    )
+
+
+def test_a_true_null_is_no_clear_difference(tmp_path):
+    # Differences +0.01, -0.01, +0.005, -0.007: they straddle 0.
+    best, other = {0: 0.80, 1: 0.85, 2: 0.90, 3: 0.88}, {0: 0.81, 1: 0.84, 2: 0.905, 3: 0.873}
+    study, _ = two_widths(tmp_path, best, other)
+    assert verdicts(study)["model.hidden=[1]"][1] == "no clear difference (paired, 4 seeds)"
+
+
+def test_a_runs_seed_comes_from_its_config_else_its_override(tmp_path):
+    assert seed_of(Run(tmp_path, {"config": {"seed": 7}}, {"seed": "0"})) == "7"
+    assert seed_of(Run(tmp_path, {}, {"seed": "3"})) == "3"
+    assert seed_of(Run(tmp_path, {}, {})) == "default"
 
 
 def test_report_writes_markdown_and_overlay_figure(sweep, tmp_path):
