@@ -24,7 +24,15 @@ from mlp_lab.report import (
 
 
 def fake_run(
-    path, overrides, val_acc, test_acc, epochs=3, finished=True, params=1000, train_acc=0.5
+    path,
+    overrides,
+    val_acc,
+    test_acc,
+    epochs=3,
+    finished=True,
+    params=1000,
+    train_acc=0.5,
+    final_drop=0.0,
 ):
     (path / ".hydra").mkdir(parents=True)
     (path / ".hydra/overrides.yaml").write_text(yaml.safe_dump(overrides))
@@ -40,6 +48,8 @@ def fake_run(
         }
         for e in range(1, epochs + 1)
     ]
+    if final_drop:
+        history[-1]["val_acc"] -= final_drop  # the last epoch below the best one
     record = {
         "params": params,
         "history": history,
@@ -262,7 +272,9 @@ def test_complexity_figure_plots_the_records_errors_by_depth(tmp_path):
     (root / "multirun.yaml").write_text("{}")
     for n, ((hidden, seed), (params, train, val, test)) in enumerate(SIZES.items()):
         overrides = ["experiment=complexity", f"model.hidden={hidden}", f"seed={seed}"]
-        fake_run(root / str(n), overrides, val, test, params=params, train_acc=train)
+        fake_run(
+            root / str(n), overrides, val, test, params=params, train_acc=train, final_drop=0.05
+        )
     (study,) = find_studies([root])
     depths = complexity(study)
     assert list(depths) == [1, 2]
@@ -271,6 +283,8 @@ def test_complexity_figure_plots_the_records_errors_by_depth(tmp_path):
     # Means over the two seeds: train error (0.19, 0.009, 0.0) for one layer, (0.28, 0.003) for two.
     expected = {
         "final training error": ([0.19, 0.009, 0.0], [0.28, 0.003]),
+        # Each run's last epoch is 0.05 below its best.
+        "final validation error": ([0.26, 0.14, 0.09], [0.35, 0.11]),
         "best validation error": ([0.21, 0.09, 0.04], [0.30, 0.06]),
         "test error": ([0.22, 0.10, 0.05], [0.31, 0.07]),
     }
