@@ -296,7 +296,7 @@ def interpolation_line(depths: dict[int, list[Size]]) -> str:
 def plot_complexity(name: str, depths: dict[int, list[Size]], path: Path | None = None):
     """Training, validation and test error against parameters, a line per depth."""
     fig = Figure(figsize=(16, 4), layout="constrained")
-    axes = fig.subplots(1, len(ERRORS), sharey=True)
+    axes = fig.subplots(1, len(ERRORS))
     for depth, sizes in depths.items():
         params = [s.params for s in sizes]
         point = interpolation_point(sizes)
