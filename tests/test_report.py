@@ -346,7 +346,7 @@ def test_report_on_a_real_two_seed_batch_norm_sweep(real_data_root, tmp_path):
 
 
 @pytest.mark.real_data
-def test_notebook_runs_headless_on_a_real_run(real_data_root, tmp_path, monkeypatch):
+def test_notebook_shows_the_reports_comparison(real_data_root, tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 
@@ -358,11 +358,19 @@ def test_notebook_runs_headless_on_a_real_run(real_data_root, tmp_path, monkeypa
     train(cfg, tmp_path / "runs/one")
     (tmp_path / "runs/one/.hydra").mkdir()
     (tmp_path / "runs/one/.hydra/overrides.yaml").write_text("[]")
+    # Beside it a hand-made sweep whose [1] is 0.01 below [2] on each of three seeds.
+    sweep, _ = two_widths(
+        tmp_path / "runs", {0: 0.80, 1: 0.85, 2: 0.90}, {0: 0.79, 1: 0.838, 2: 0.892}
+    )
     nb = nbformat.read(PROJECT_DIR / "notebooks/analysis.ipynb", as_version=4)
     monkeypatch.setenv("MLP_LAB_RUNS", str(tmp_path / "runs"))
     NotebookClient(nb, timeout=120, kernel_name="python3").execute()
-    printed = "".join(o.get("text", "") for cell in nb.cells for o in cell.get("outputs", []))
-    assert "1 runs in 1 studies" in printed
+    outputs = [o for cell in nb.cells for o in cell.get("outputs", [])]
+    printed = "".join(o.get("text", "") for o in outputs)
+    assert "7 runs in 2 studies" in printed
+    shown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
+    assert study_table(sweep) in shown  # the report's comparison, paired by seed
+    assert "| -0.0100 [-0.0150, -0.0050] | worse (paired, 3 seeds) |" in shown
     images = [
         o for cell in nb.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})
     ]
