@@ -371,7 +371,5 @@ def test_notebook_shows_the_reports_comparison(real_data_root, tmp_path, monkeyp
     shown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
     assert study_table(sweep) in shown  # the report's comparison, paired by seed
     assert "| -0.0100 [-0.0150, -0.0050] | worse (paired, 3 seeds) |" in shown
-    images = [
-        o for cell in nb.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})
-    ]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 2
