@@ -49,14 +49,17 @@ THREADS := $(shell n=$$(( $$(nproc) / $(JOBS) )); echo $$(( n > 0 ? n : 1 )))
 # Every study of conf/experiment/ over SEEDS, then the whole lab's report: outputs/lab/report.md.
 # Five seeds, because the report's paired 95 % interval is t·s/√n wide: 8.98 s with two seeds, 2.48 s
 # with three, 1.24 s with five (s: the spread of the per-seed differences). 27 minutes on 2 CPU cores.
+# A study that stops (a worker killed, out of memory) does not stop the others; the report lists its
+# unfinished runs with their resume commands, and make fails at the end.
 lab: data
 	rm -rf $(LAB)
-	for study in $(STUDIES); do \
+	failed=""; for study in $(STUDIES); do \
 		$(PY) -m mlp_lab.train -m experiment=$$study seed=$(SEEDS) hydra.sweep.dir=$(LAB)/$$study \
 			hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) num_threads=$(THREADS) \
-			trainer.enable_progress_bar=false $(ARGS) || exit 1; \
-	done
-	$(PY) -m mlp_lab.report $(LAB)/*/ --out $(LAB)
+			trainer.enable_progress_bar=false $(ARGS) || failed="$$failed $$study"; \
+	done; \
+	$(PY) -m mlp_lab.report $(LAB)/*/ --out $(LAB) && \
+	if [ -n "$$failed" ]; then echo "error: these studies did not finish:$$failed (see $(LAB)/report.md)"; exit 1; fi
 
 # Seconds per epoch of mlp_lab, Lightning barebones, a plain torch loop and the lab's ToTensor +
 # DataLoader pipeline, side by side: the table in benchmarks/results.md, the figures in
