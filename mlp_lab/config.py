@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -154,14 +155,31 @@ class OptimizerConfig:
         _require(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, ">= 0")
 
 
+PROFILERS = ("simple", "advanced", "pytorch")
+CLIP_ALGORITHMS = ("norm", "value")
+
+
+def accelerator_missing(accelerator: str, devices: Any) -> str | None:
+    """Why `accelerator` cannot run on this machine, or None when it can."""
+    if accelerator in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            return "no CUDA GPU on this machine"
+        wanted = devices if isinstance(devices, int) else len(str(devices).split(","))
+        if wanted > torch.cuda.device_count():
+            return f"{wanted} GPUs asked for, {torch.cuda.device_count()} on this machine"
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        return "no Apple MPS device on this machine"
+    return None
+
+
 @dataclass
 class TrainerConfig:
     """Passed to `lightning.Trainer` as keyword arguments."""
 
     max_epochs: int = 10
-    accelerator: str = "auto"
+    accelerator: str = "auto"  # auto, cpu, gpu (cuda) or mps; trainer=gpu, mps, cpu set it
     devices: Any = 1
-    precision: Any = "32-true"
+    precision: Any = "32-true"  # trainer=gpu: bf16-mixed
     deterministic: Any = False
     strategy: Any = "auto"  # "ddp": one process per device (conf/trainer/ddp.yaml)
     num_nodes: int = 1
@@ -175,9 +193,68 @@ class TrainerConfig:
     limit_train_batches: Any = None
     limit_val_batches: Any = None
     limit_test_batches: Any = None
+    # Debugging (conf/debug/): one batch of each split and nothing recorded (fast_dev_run), the
+    # same few batches every epoch (overfit_batches), a profile of the run's steps in the run
+    # directory, and autograd's anomaly detection, which names the operation that made a NaN.
+    fast_dev_run: bool = False
+    overfit_batches: float = 0.0  # an int count of batches, or a fraction of them
+    profiler: str | None = None  # simple, advanced or pytorch
+    detect_anomaly: bool = False
+    # Carried out by the module's own optimisation step (MLPClassifier.training_step), since
+    # Lightning does neither under manual optimisation: clip the gradients' norm (or each value)
+    # to gradient_clip_val before every step; add up the gradients of accumulate_grad_batches
+    # batches for each step.
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm: str = "norm"
+    accumulate_grad_batches: int = 1
 
     def __post_init__(self):
         _require(self.max_epochs > 0, "trainer.max_epochs", self.max_epochs, "a positive integer")
+        missing = accelerator_missing(str(self.accelerator), self.devices)
+        accelerator = self.accelerator
+        _require(not missing, "trainer.accelerator", accelerator, f"{missing}; use trainer=cpu")
+        _require(self.overfit_batches >= 0, "trainer.overfit_batches", self.overfit_batches, ">= 0")
+        if self.profiler is not None:
+            _one_of("trainer.profiler", self.profiler, PROFILERS)
+        if self.gradient_clip_val is not None:
+            _require(
+                self.gradient_clip_val > 0,
+                "trainer.gradient_clip_val",
+                self.gradient_clip_val,
+                "a positive float or null",
+            )
+        _one_of("trainer.gradient_clip_algorithm", self.gradient_clip_algorithm, CLIP_ALGORITHMS)
+        _require(
+            self.accumulate_grad_batches >= 1,
+            "trainer.accumulate_grad_batches",
+            self.accumulate_grad_batches,
+            "a positive integer",
+        )
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Stop a run once val/acc has not risen for `patience` epochs (Lightning's EarlyStopping)."""
+
+    patience: int = 5  # epochs without a better val/acc
+    min_delta: float = 0.0  # the least rise of val/acc that counts as better
+
+    def __post_init__(self):
+        _require(
+            self.patience >= 1,
+            "callbacks.early_stopping.patience",
+            self.patience,
+            "a positive number of epochs",
+        )
+        _require(self.min_delta >= 0, "callbacks.early_stopping.min_delta", self.min_delta, ">= 0")
+
+
+@dataclass
+class CallbacksConfig:
+    """Optional Lightning callbacks (conf/callbacks/); the lab's studies run without them."""
+
+    early_stopping: EarlyStoppingConfig | None = None
+    rich: bool = False  # Rich's progress bar and model summary in place of tqdm's
 
 
 PRUNERS = ("none", "median", "halving", "hyperband")
@@ -216,6 +293,7 @@ class TrainConfig:
     loss: LossConfig = MISSING
     optimizer: OptimizerConfig = MISSING
     trainer: TrainerConfig = MISSING
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     seed: int = 42
     # Threads of this run's tensor operations; None: torch's default (every core). Parallel sweep
     # jobs should share the cores: joblib's n_jobs × num_threads = the number of cores.
@@ -269,6 +347,10 @@ LOGISTICS = (
     "trainer.enable_model_summary",
     "trainer.num_sanity_val_steps",
     "trainer.log_every_n_steps",
+    "trainer.fast_dev_run",
+    "trainer.profiler",
+    "trainer.detect_anomaly",
+    "callbacks.rich",
     "num_threads",
     "resume",
     "ckpt_path",

@@ -18,6 +18,9 @@ STAGES = ("train", "val", "test")
 SECTIONS = ("model", "loss", "optimizer")  # the config sections a model is made of
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 SCHEDULES = ("none", "cosine", "onecycle")
+# The trainer settings this module's own optimisation step carries out: Lightning refuses them
+# under manual optimisation.
+STEP_SETTINGS = ("gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches")
 
 
 class TrainingDiverged(RuntimeError):
@@ -28,8 +31,11 @@ class MLPClassifier(L.LightningModule):
     """Trains an `MLP`; its hparams are the config's sections, so `load_from_checkpoint(path)` alone
     rebuilds it, input normalisation and class names included."""
 
-    def __init__(self, model: dict, loss: dict, optimizer: dict, data: dict):
-        """`model`, `loss`, `optimizer`: the config's sections; `data`: `MNISTDataModule.facts`."""
+    def __init__(
+        self, model: dict, loss: dict, optimizer: dict, data: dict, step: dict | None = None
+    ):
+        """`model`, `loss`, `optimizer`: the config's sections; `data`: `MNISTDataModule.facts`;
+        `step`: the trainer's STEP_SETTINGS (none: one batch a step, no clipping)."""
         super().__init__()
         # In the checkpoint; the logger gets the run's settings, with its results, at the end.
         self.save_hyperparameters(logger=False)
@@ -57,7 +63,13 @@ class MLPClassifier(L.LightningModule):
     @classmethod
     def from_config(cls, cfg, data: dict) -> MLPClassifier:
         """The model of a `TrainConfig`, for a dataset with these facts."""
-        return cls(**{name: asdict(getattr(cfg, name)) for name in SECTIONS}, data=data)
+        step = {key: getattr(cfg.trainer, key) for key in STEP_SETTINGS}
+        return cls(**{name: asdict(getattr(cfg, name)) for name in SECTIONS}, data=data, step=step)
+
+    @property
+    def accumulate(self) -> int:
+        """Batches whose gradients add up to one optimisation step."""
+        return (self.hparams.step or {}).get("accumulate_grad_batches", 1)
 
     @property
     def num_parameters(self) -> int:
@@ -85,12 +97,28 @@ class MLPClassifier(L.LightningModule):
             metric.reset()
 
     def training_step(self, batch, batch_idx):
-        """One optimisation step, then max-norm when it is set."""
+        """One batch's gradients; every `accumulate` batches (and at the epoch's last) a step:
+        clipping when set, the optimizer, the schedule, then max-norm when set."""
         optimizer = self.optimizers()
         loss = self._step(batch, "train")
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        k = self.accumulate
+        try:
+            self.manual_backward(loss / k if k > 1 else loss)
+        except RuntimeError as err:  # trainer.detect_anomaly names the operation that made a NaN
+            if "returned nan values" not in str(err):
+                raise
+            raise TrainingDiverged(
+                f"{err} (anomaly detection, epoch {self.current_epoch + 1}): lower optimizer.lr "
+                "or change the loss"
+            ) from None
+        if (batch_idx + 1) % k and batch_idx + 1 < self.trainer.num_training_batches:
+            return loss
+        clip = (self.hparams.step or {}).get("gradient_clip_val")
+        if clip:
+            algorithm = self.hparams.step["gradient_clip_algorithm"]
+            self.clip_gradients(optimizer, clip, algorithm)
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
@@ -137,6 +165,9 @@ class MLPClassifier(L.LightningModule):
         if hp["schedule"] == "none":
             return optimizer
         steps = int(self.trainer.estimated_stepping_batches)
+        if self.accumulate > 1:  # a step every `accumulate` batches and at each epoch's end
+            per_epoch = self.trainer.num_training_batches
+            steps = math.ceil(steps / per_epoch) * math.ceil(per_epoch / self.accumulate)
         if hp["schedule"] == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         else:

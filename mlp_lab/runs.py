@@ -9,6 +9,7 @@ outputs/runs/<time>/        a run (a sweep's: outputs/multirun/<time>/<n>/)
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -118,6 +119,18 @@ def new_dir(parent: str) -> str:
     return _claimed[parent]
 
 
+def release_unused(used: Path) -> None:
+    """Remove the directories this command claimed but does not use, while still empty.
+
+    OmegaConf resolves a directory setting whenever another config overrides it (a study's or
+    debug's sweep and run directories), and each resolution claims one.
+    """
+    for path in _claimed.values():
+        if Path(path).resolve() != used.resolve():
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+
+
 def _run_dir(resume: str | None, parent: str) -> str:
     # A wrong resume= gets a new directory, where train.py records the error, rather than
     # Hydra creating the mistyped path.
@@ -217,6 +230,7 @@ class RunDirGuard(Callback):
         if rank_zero_only.rank != 0:  # DDP's other processes share rank 0's directory
             return
         run_dir = Path(config.hydra.run.dir)
+        release_unused(run_dir)
         try:
             record = read_record(run_dir)
         except RunError:
@@ -238,6 +252,7 @@ class RunDirGuard(Callback):
 
     def on_multirun_start(self, config, **kwargs):
         sweep = Path(config.hydra.sweep.dir)
+        release_unused(sweep)
         taken = [run for run in find_runs(sweep) if (run / RECORD).is_file()]
         if taken:
             raise SystemExit(

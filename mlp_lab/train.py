@@ -21,8 +21,15 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    LearningRateMonitor,
+    RichModelSummary,
+    RichProgressBar,
+    TQDMProgressBar,
+)
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.profilers import AdvancedProfiler, PyTorchProfiler, SimpleProfiler
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -37,14 +44,26 @@ from mlp_lab.config import (
 )
 from mlp_lab.data import DataError, MNISTDataModule
 from mlp_lab.figures import save_run_figures
-from mlp_lab.module import MLPClassifier, TrainingDiverged
+from mlp_lab.module import STEP_SETTINGS, MLPClassifier, TrainingDiverged
 from mlp_lab.search import TrialReport
 
 log = logging.getLogger(__name__)
 
 
+PROFILERS = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
+SKIPPED_IN_DEV_RUN = ("progress_bar_refresh_rate", "profiler", *STEP_SETTINGS)
+
+
 class RunInterrupted(RuntimeError):
     """Ctrl-C or SIGTERM stopped the run; its completed epochs are saved."""
+
+
+class EarlyStop(EarlyStopping):
+    """Lightning's EarlyStopping; a run resumed after it stopped stays stopped."""
+
+    def on_train_start(self, trainer, pl_module):
+        if self.wait_count >= self.patience:
+            trainer.should_stop = True
 
 
 class JobFailed(CompactHydraException):
@@ -57,6 +76,41 @@ def build(cfg: TrainConfig) -> tuple[MNISTDataModule, MLPClassifier]:
     dm = MNISTDataModule(**asdict(cfg.data), seed=cfg.seed)
     dm.prepare_data()  # a missing or corrupt dataset stops the run here, before anything is built
     return dm, MLPClassifier.from_config(cfg, dm.facts)
+
+
+def trainer_arguments(cfg: TrainConfig, run_dir: Path) -> dict:
+    """The `lightning.Trainer` keyword arguments of the config's trainer section."""
+    args = asdict(cfg.trainer)
+    for key in ("progress_bar_refresh_rate", *STEP_SETTINGS):  # not the Trainer's own
+        args.pop(key)
+    if cfg.trainer.profiler:  # its report in the run directory: fit-profile.txt, test-profile.txt
+        profiler = PROFILERS[cfg.trainer.profiler]
+        args["profiler"] = profiler(dirpath=run_dir, filename="profile")
+    return {**args, "default_root_dir": run_dir}
+
+
+def display(cfg: TrainConfig) -> list[L.Callback]:
+    """The progress bar and the model summary: tqdm's and Lightning's, or Rich's."""
+    trainer, rich = cfg.trainer, cfg.callbacks.rich
+    shown = []
+    if trainer.enable_progress_bar:
+        refresh = trainer.progress_bar_refresh_rate
+        shown.append(RichProgressBar(refresh) if rich else TQDMProgressBar(refresh))
+    if trainer.enable_model_summary and rich:
+        shown.append(RichModelSummary())
+    return shown
+
+
+def dev_run(cfg: TrainConfig, dm: MNISTDataModule, module: MLPClassifier) -> dict:
+    """fast_dev_run: one batch of each split through fit and test, nothing written."""
+    trainer = L.Trainer(
+        **{k: v for k, v in asdict(cfg.trainer).items() if k not in SKIPPED_IN_DEV_RUN},
+        logger=False,
+        callbacks=display(cfg),
+    )
+    trainer.fit(module, datamodule=dm)
+    (test,) = trainer.test(module, datamodule=dm, verbose=False)
+    return {"status": "fast_dev_run", "test_acc": test["test/acc"], "test_loss": test["test/loss"]}
 
 
 def train(cfg: TrainConfig, run_dir: Path) -> dict:
@@ -75,6 +129,8 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
         f"{module.num_parameters:,}",
         torch.get_num_threads(),
     )
+    if cfg.trainer.fast_dev_run:
+        return dev_run(cfg, dm, module)
     start_from = runs.load_start(cfg, module)
 
     # A resumed run keeps its history and adds a part: its times add up over the parts.
@@ -88,17 +144,17 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     history = runs.RunRecord(run_dir, record, verbose=not cfg.trainer.enable_progress_bar)
     best_ckpt, last_ckpt = runs.checkpoint_callbacks(run_dir)
     logger = TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False)
-    trainer_args = asdict(cfg.trainer)
-    refresh_rate = trainer_args.pop("progress_bar_refresh_rate")
     callbacks = [best_ckpt, last_ckpt, history, LearningRateMonitor("epoch")]
     # A trial of a search reports every epoch's val/acc to its study, whose pruner may stop it.
     report = TrialReport(cfg.trial) if cfg.trial.number is not None else None
     if report is not None:
         callbacks.append(report)
-    if cfg.trainer.enable_progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=refresh_rate))
+    patience = cfg.callbacks.early_stopping
+    early_stop = EarlyStop(runs.MONITOR, mode="max", **asdict(patience)) if patience else None
+    if early_stop is not None:
+        callbacks.append(early_stop)
     trainer = L.Trainer(
-        **trainer_args, default_root_dir=run_dir, logger=logger, callbacks=callbacks
+        **trainer_arguments(cfg, run_dir), logger=logger, callbacks=[*callbacks, *display(cfg)]
     )
 
     # Lightning unwraps a compiled module for checkpoints, so they load into a plain one.
@@ -125,6 +181,8 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
         return record
 
     best = max(history.epochs, key=lambda e: e["val_acc"])
+    if early_stop is not None and early_stop.wait_count >= early_stop.patience:
+        record["stopped_early"] = {"epoch": len(history.epochs), "patience": early_stop.patience}
     record["parts"][-1].update(fit_time_s=fit_time, wall_time_s=time.perf_counter() - wall_start)
     record.update(
         status="pruned" if report is not None and report.pruned else "completed",
@@ -182,11 +240,19 @@ def main(cfg: DictConfig) -> float:
             log.error(message)
             raise JobFailed(message) from None
         raise SystemExit(message) from None
-    if rank_zero_only.rank == 0:
+    if record["status"] == "fast_dev_run":
+        print(
+            f"fast_dev_run passed: one batch of each split; test_acc={record['test_acc']:.4f} "
+            f"test_loss={record['test_loss']:.4f} (nothing recorded)"
+        )
+    elif rank_zero_only.rank == 0:
+        stopped = record.get("stopped_early")
+        early = f"stopped early at epoch {stopped['epoch']} " if stopped else ""
         print(
             f"test_acc={record['test_acc']:.4f} best_val_acc={record['best_val_acc']:.4f} "
             f"(epoch {record['best_epoch']}) params={record['params']:,} "
-            f"wall={record['wall_time_s']:.1f}s run={run_dir}"
+            f"wall={record['wall_time_s']:.1f}s "
+            f"{early}run={run_dir}"
         )
     return record.get("best_val_acc", math.nan)
 

@@ -1,6 +1,7 @@
 import re
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ValidationError
 
@@ -242,3 +243,77 @@ def test_the_searches_behind_the_best_experiments_compose(name, dataset):
         "data.elastic",
     }
     assert 0.0 in space["data.elastic"].choices and fixed == ["model.batch_norm=True"]
+
+
+@pytest.mark.parametrize(
+    "option, expected",
+    [
+        ("callbacks=early_stopping", {"callbacks.early_stopping.patience": 5}),
+        ("callbacks=rich", {"callbacks.rich": True, "callbacks.early_stopping": None}),
+        (
+            "callbacks=[early_stopping,rich]",
+            {"callbacks.rich": True, "callbacks.early_stopping.min_delta": 0.0},
+        ),
+        ("debug=fdr", {"trainer.fast_dev_run": True, "trainer.max_epochs": 1}),
+        ("debug=overfit", {"trainer.overfit_batches": 3, "trainer.max_epochs": 20}),
+        ("debug=limit", {"trainer.limit_train_batches": 10, "trainer.limit_val_batches": 1}),
+        ("debug=profiler", {"trainer.profiler": "simple"}),
+        ("debug=anomaly", {"trainer.detect_anomaly": True}),
+        ("trainer=ddp_sim", {"trainer.strategy": "ddp", "trainer.devices": 2}),
+    ],
+)
+def test_each_new_group_option_composes(option, expected):
+    cfg = load_config(option)
+    for key, value in expected.items():
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        assert node == value, key
+    assert load_config().callbacks.early_stopping is None  # the lab's runs keep fixed epochs
+
+
+def test_debug_runs_go_apart_from_the_users_runs():
+    assert _with_hydra("debug=fdr").hydra.run.dir.startswith("outputs/debug/")
+    assert _with_hydra("debug=limit").hydra.sweep.dir.startswith("outputs/debug/multirun/")
+
+
+@pytest.mark.parametrize(
+    "preset, accelerator, available",
+    [
+        ("gpu", "gpu", torch.cuda.is_available()),
+        ("mps", "mps", torch.backends.mps.is_available()),
+    ],
+)
+def test_a_device_preset_without_its_device_names_the_cpu_preset(preset, accelerator, available):
+    composed = _with_hydra(f"trainer={preset}").trainer
+    assert composed.accelerator == accelerator
+    if preset == "gpu":
+        assert composed.precision == "bf16-mixed"
+    if available:
+        assert load_config(f"trainer={preset}").trainer.accelerator == accelerator
+        return
+    with pytest.raises(ConfigError, match=r"on this machine; use trainer=cpu$"):
+        load_config(f"trainer={preset}")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            "callbacks=early_stopping callbacks.early_stopping.patience=-1",
+            r"callbacks\.early_stopping\.patience=-1 is not allowed: a positive number",
+        ),
+        (
+            "callbacks=early_stopping callbacks.early_stopping.min_delta=-0.1",
+            r"callbacks\.early_stopping\.min_delta=-0\.1 is not allowed",
+        ),
+        ("trainer.profiler=gprof", r"trainer\.profiler='gprof' is not allowed: use one of simple"),
+        ("trainer.overfit_batches=-1", r"trainer\.overfit_batches=-1\.0 is not allowed"),
+        ("trainer.gradient_clip_val=0", r"trainer\.gradient_clip_val=0\.0 is not allowed"),
+        ("trainer.gradient_clip_algorithm=l1", r"use one of norm, value"),
+        ("trainer.accumulate_grad_batches=0", r"accumulate_grad_batches=0 is not allowed"),
+    ],
+)
+def test_bad_trainer_and_callback_values_fail_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(*overrides.split())

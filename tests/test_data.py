@@ -179,6 +179,7 @@ class RecordDevices(L.Callback):
         self.splits = {k: {t.device for t in v} for k, v in trainer.datamodule.splits.items()}
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none on this machine")
 def test_gpu_run_keeps_split_tensors_on_the_device_skipped_without_gpu(synthetic_root):
     dm = MNISTDataModule("fashion_mnist", synthetic_root, batch_size=64, val_size=200)

@@ -120,3 +120,41 @@ def test_max_norm_is_applied_after_every_step(synthetic_root, tmp_path):
     trainer.fit(module, datamodule=dm)
     for layer in module.model.linear_layers():
         assert (layer.weight.norm(dim=1) <= 0.5 + 1e-5).all()
+
+
+def test_accumulated_and_clipped_step_is_torchs_clipped_step_on_both_batches(synthetic_root):
+    torch.manual_seed(0)
+    module = classifier(
+        "model.hidden=[16]",
+        "model.init_std=null",
+        "trainer.accumulate_grad_batches=2",
+        "trainer.gradient_clip_val=0.05",
+    )
+    reference = copy.deepcopy(module.model)
+    dm = MNISTDataModule("mnist", synthetic_root, batch_size=32, val_size=200)
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)
+
+    # Two batches of 32 make one step: the gradient of their mean loss, clipped to norm 0.05.
+    batches = iter(dm.train_dataloader())
+    (x1, y1), (x2, y2) = next(batches), next(batches)
+    loss = torch.nn.functional.cross_entropy(reference(torch.cat([x1, x2])), torch.cat([y1, y2]))
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.05)
+    assert norm > 0.05  # the clipping did something
+    with torch.no_grad():
+        for p in reference.parameters():
+            p -= 0.1 * p.grad
+    assert trainer.global_step == 1
+    for ours, expected in zip(module.model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(ours, expected)
+
+
+def test_one_cycle_over_accumulated_steps_ends_on_the_last_step():
+    module = classifier(
+        "model.hidden=[8]", "optimizer.schedule=onecycle", "trainer.accumulate_grad_batches=4"
+    )
+    # 3 epochs of 10 batches: ceil(10 / 4) = 3 steps an epoch, the last one on 2 batches.
+    module._trainer = types.SimpleNamespace(estimated_stepping_batches=30, num_training_batches=10)
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert scheduler.total_steps == 9

@@ -1,4 +1,5 @@
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -378,3 +379,136 @@ def test_compile_option_trains_the_compiled_module(synthetic_root, tmp_path, mon
     train(cfg, tmp_path / "run")
     assert len(compiled) == 1 and isinstance(compiled[0], MLPClassifier)
     assert not load_config().model.compile  # off by default
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        "callbacks=early_stopping",
+        "callbacks=[early_stopping,rich]",
+        "debug=overfit",
+        "debug=limit",
+        "debug=profiler",
+        "debug=anomaly",
+        "trainer.gradient_clip_val=0.5",
+        "trainer.accumulate_grad_batches=3",
+    ],
+)
+def test_each_trainer_option_runs_an_epoch(option, synthetic_root, tmp_path):
+    cfg = load_config(
+        option, *fast_overrides(synthetic_root, "trainer.max_epochs=1", "model.hidden=[16]")
+    )
+    record = train(cfg, tmp_path / "run")
+    assert record["status"] == "completed" and record["epochs"] == 1
+    assert record["config"] == asdict(cfg)
+
+
+def test_rich_shows_its_summary_and_bar(synthetic_root, tmp_path, capsys):
+    overrides = fast_overrides(synthetic_root, "trainer.max_epochs=1", "model.hidden=[16]")
+    shown = ["trainer.enable_progress_bar=true", "trainer.enable_model_summary=true"]
+    train(load_config("callbacks=rich", *overrides, *shown), tmp_path / "run")
+    out = capsys.readouterr().out
+    assert "┏" in out and "Total params" in out and "━" in out  # Rich's table and bar
+
+
+def test_early_stopping_records_where_it_stopped_and_a_resume_stays_stopped(
+    synthetic_root, tmp_path
+):
+    # val/acc must rise by 0.5 to count as better: only the first epoch does, so with a patience
+    # of 1 the run stops after epoch 2 of 5.
+    options = [
+        "callbacks=early_stopping",
+        "callbacks.early_stopping.patience=1",
+        "callbacks.early_stopping.min_delta=0.5",
+        "trainer.max_epochs=5",
+        "model.hidden=[16]",
+    ]
+    run = tmp_path / "run"
+    first = run_module(
+        "mlp_lab.train", *fast_overrides(synthetic_root, *options), f"hydra.run.dir={run}"
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "stopped early at epoch 2" in first.stdout
+    record = _metrics(run)
+    assert record["status"] == "completed" and record["epochs"] == 2
+    assert record["stopped_early"] == {"epoch": 2, "patience": 1}
+    weights = _weights(run)
+
+    resumed = run_module("mlp_lab.train", f"resume={run}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    record = _metrics(run)
+    assert [e["epoch"] for e in record["history"]] == [1, 2] and len(record["parts"]) == 2
+    assert record["stopped_early"] == {"epoch": 2, "patience": 1}
+    after = _weights(run)
+    assert all(torch.equal(after[k], weights[k]) for k in weights)  # not one more step
+
+
+def test_the_profilers_table_is_saved_in_the_run_and_names_the_training_step(
+    synthetic_root, tmp_path
+):
+    overrides = fast_overrides(synthetic_root, "model.hidden=[16]")
+    train(load_config("debug=profiler", *overrides), tmp_path / "run")
+    table = (tmp_path / "run/fit-profile.txt").read_text()
+    assert "Profiler Report" in table and "training_step" in table
+    assert (tmp_path / "run/metrics.json").is_file()
+
+
+def test_fast_dev_run_runs_one_batch_of_each_and_records_nothing(synthetic_root, tmp_path):
+    run = tmp_path / "run"
+    result = run_module(
+        "mlp_lab.train", "debug=fdr", *fast_overrides(synthetic_root), f"hydra.run.dir={run}"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("fast_dev_run passed: one batch of each split; test_acc=")
+    assert last.endswith("(nothing recorded)")
+    assert not (run / "metrics.json").exists() and not (run / "checkpoints").exists()
+    assert not (run / "tensorboard").exists()
+
+
+def test_anomaly_detection_names_the_operation_in_one_line(synthetic_root, tmp_path):
+    run = tmp_path / "run"
+    overrides = fast_overrides(synthetic_root, "optimizer.lr=1e12", "model.hidden=[16]")
+    result = run_module("mlp_lab.train", "debug=anomaly", *overrides, f"hydra.run.dir={run}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"error: Function '\w+Backward\d*' returned nan values in its \d+th output\. "
+        r"\(anomaly detection, epoch 1\): lower optimizer\.lr or change the loss",
+        error,
+    ), error
+    assert _metrics(run)["status"] == "failed"
+
+
+def test_gpu_preset_on_a_machine_without_one_stops_in_one_line(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    result = run_module("mlp_lab.train", "trainer=gpu", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        "error: trainer.accelerator='gpu' is not allowed: no CUDA GPU on this machine; "
+        "use trainer=cpu"
+    )
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_ddp_sim_trains_on_two_cpu_processes(synthetic_root, tmp_path):
+    run = tmp_path / "run"
+    overrides = fast_overrides(synthetic_root, "trainer.max_epochs=1", "model.hidden=[16]")
+    result = run_module("mlp_lab.train", "trainer=ddp_sim", *overrides, f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "distributed_backend=gloo" in result.stdout + result.stderr
+    assert result.stdout.count("test_acc=") == 1 and _metrics(run)["status"] == "completed"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none on this machine")
+def test_gpu_preset_trains_in_bf16_and_its_checkpoint_scores_as_logged(synthetic_root, tmp_path):
+    cfg = load_config("trainer=gpu", *quiet(synthetic_root, "trainer.max_epochs=2"))
+    record = train(cfg, tmp_path / "run")
+    assert record["status"] == "completed" and record["best_val_acc"] > 0.9
+    model = MLPClassifier.load_from_checkpoint(tmp_path / "run" / record["checkpoint"]).eval()
+    x, y = load_split("mnist", synthetic_root, "test")
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    assert record["test_acc"] == pytest.approx(acc, abs=0.02)  # bf16 against float32 here
