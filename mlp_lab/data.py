@@ -389,9 +389,21 @@ class MNISTDataModule(L.LightningDataModule):
         fetch(self.name, self.root, self.download)
 
     def setup(self, stage: str | None = None) -> None:
-        """Read the IDX files once and split; on a GPU trainer the tensors move to that device."""
-        if self.splits:
+        """Read the IDX files once and split; on a GPU trainer the tensors move to that device.
+
+        Testing alone (`Trainer.test` of a checkpoint, mlp_lab.eval) reads the test set only.
+        """
+        wanted = {"test"} if stage == "test" else {"train", "val", "test"}
+        if wanted <= self.splits.keys():
             return
+        splits = {"test": load_split(self.name, self.root, "test")}
+        if stage != "test":
+            splits.update(self._train_val())
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        self.splits = {k: (a.to(device), b.to(device)) for k, (a, b) in splits.items()}
+
+    def _train_val(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The seeded split of the official training set, with its label noise."""
         x, y = load_split(self.name, self.root, "train")
         train, val = split_indices(len(x), self.val_size, self.seed)
         if self.train_size is not None:
@@ -404,13 +416,7 @@ class MNISTDataModule(L.LightningDataModule):
         y_train = y[train]
         if self.label_noise:
             y_train = noisy_labels(y_train, self.label_noise, self.num_classes, self.seed)
-        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        splits = {
-            "train": (x[train], y_train),
-            "val": (x[val], y[val]),
-            "test": load_split(self.name, self.root, "test"),
-        }
-        self.splits = {k: (a.to(device), b.to(device)) for k, (a, b) in splits.items()}
+        return {"train": (x[train], y_train), "val": (x[val], y[val])}
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer

@@ -352,8 +352,8 @@ def load_start(cfg: TrainConfig, module: MLPClassifier) -> Path | None:
     return path
 
 
-def load_model(path: Path | str) -> MLPClassifier:
-    """The model of a checkpoint file, or of a run directory's best checkpoint, in eval mode."""
+def checkpoint_file(path: Path | str) -> Path:
+    """A checkpoint file as given, or a run directory's best checkpoint (named in its record)."""
     path = Path(path)
     if path.is_dir():
         try:
@@ -368,6 +368,12 @@ def load_model(path: Path | str) -> MLPClassifier:
         path = path / record["checkpoint"]
     if not path.is_file():
         raise RunError(f"checkpoint {path} not found")
+    return path
+
+
+def load_model(path: Path | str) -> MLPClassifier:
+    """The model of a checkpoint file, or of a run directory's best checkpoint, in eval mode."""
+    path = checkpoint_file(path)
     try:
         hparams = torch.load(path, map_location="cpu", weights_only=False).get(
             "hyper_parameters", {}

@@ -50,6 +50,16 @@ def test_the_config_sections_reach_the_network_whole():
     assert type(module.criterion).__name__ == "FocalLoss" and module.criterion.gamma == 3.0
 
 
+def _assert_took_one_sgd_step(module, reference, trainer, lr=0.1):
+    """`module` took one step, plain SGD's over the gradients `reference` holds."""
+    with torch.no_grad():
+        for p in reference.parameters():
+            p -= lr * p.grad
+    assert trainer.global_step == 1
+    for ours, expected in zip(module.model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(ours, expected)
+
+
 def test_one_training_step_is_one_sgd_step_and_feeds_the_epoch_metrics(synthetic_root):
     torch.manual_seed(0)
     module = classifier("model.hidden=[16]", "optimizer.lr=0.1", "model.init_std=null")
@@ -62,12 +72,7 @@ def test_one_training_step_is_one_sgd_step_and_feeds_the_epoch_metrics(synthetic
     logits = reference(x)
     loss = torch.nn.functional.cross_entropy(logits, y)
     loss.backward()
-    with torch.no_grad():
-        for p in reference.parameters():
-            p -= 0.1 * p.grad
-    assert trainer.global_step == 1
-    for ours, expected in zip(module.model.parameters(), reference.parameters(), strict=True):
-        torch.testing.assert_close(ours, expected)
+    _assert_took_one_sgd_step(module, reference, trainer)
     metrics = trainer.callback_metrics
     torch.testing.assert_close(metrics["train/loss"], loss.detach())
     torch.testing.assert_close(metrics["train/acc"], (logits.argmax(1) == y).float().mean())
@@ -142,12 +147,7 @@ def test_accumulated_and_clipped_step_is_torchs_clipped_step_on_both_batches(syn
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.05)
     assert norm > 0.05  # the clipping did something
-    with torch.no_grad():
-        for p in reference.parameters():
-            p -= 0.1 * p.grad
-    assert trainer.global_step == 1
-    for ours, expected in zip(module.model.parameters(), reference.parameters(), strict=True):
-        torch.testing.assert_close(ours, expected)
+    _assert_took_one_sgd_step(module, reference, trainer)
 
 
 def test_one_cycle_over_accumulated_steps_ends_on_the_last_step():

@@ -1,0 +1,156 @@
+"""Test a trained checkpoint on a test set, as `mlp_lab.train` tests its best checkpoint.
+
+    python -m mlp_lab.eval ckpt=outputs/runs/<run>                 # on the dataset it trained on
+    python -m mlp_lab.eval ckpt=path/to/model.ckpt data=mnist data.root=/data
+
+Writes eval-<time>.json (accuracy, loss, per-class accuracy, confusion matrix) and
+eval-<time>-confusion.png into the run's directory, or beside a .ckpt that is in no run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+from mlp_lab import runs
+from mlp_lab.config import ConfigError, DataConfig
+from mlp_lab.data import DataError, MNISTDataModule, TensorBatches
+from mlp_lab.figures import plot_confusion
+from mlp_lab.module import MLPClassifier
+from mlp_lab.runs import RunError
+
+
+class EvalError(RuntimeError):
+    """A checkpoint that cannot be tested on the dataset asked for."""
+
+
+@dataclass
+class EvalConfig:
+    ckpt: str = MISSING  # a .ckpt file or a run directory (its best checkpoint)
+    # The data group of mlp_lab.train (data=mnist, data.root=...); data.name left out (???) is
+    # the checkpoint's own dataset. Only name, root, eval_batch_size and download matter here.
+    data: DataConfig = MISSING
+
+
+def output_dir(ckpt: Path) -> Path:
+    """Where a checkpoint's evaluations go: its run's directory, else beside the file."""
+    run = ckpt.parent.parent
+    if ckpt.parent.name == runs.CHECKPOINTS and (run / runs.RECORD).is_file():
+        return run
+    return ckpt.parent
+
+
+def check_fits(model: MLPClassifier, dm: MNISTDataModule, ckpt: Path) -> None:
+    """Refuse a model whose input size or class count are not the dataset's."""
+    facts = model.hparams.data
+    if (facts["in_features"], facts["num_classes"]) != (dm.in_features, dm.num_classes):
+        raise EvalError(
+            f"{ckpt} was trained on {facts['in_features']} inputs and {facts['num_classes']} "
+            f"classes; {dm.name} has {dm.in_features} inputs and {dm.num_classes} classes: "
+            "give a checkpoint of a model trained on mnist or fashion_mnist"
+        )
+
+
+def evaluate(ckpt: Path, model: MLPClassifier, data: DataConfig) -> dict:
+    """Test `model`, loaded from `ckpt`, on the test set of `data` through Lightning; return the
+    evaluation's record."""
+    started, wall_start = datetime.now(), time.perf_counter()
+    dm = MNISTDataModule(**asdict(data))
+    check_fits(model, dm, ckpt)
+    dm.prepare_data()
+    trainer = L.Trainer(
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    (metrics,) = trainer.test(model, datamodule=dm, verbose=False)
+    x, y = dm.splits["test"]
+    with torch.no_grad():
+        batches = TensorBatches(x, y, data.eval_batch_size)
+        preds = torch.cat([model(xb).argmax(1) for xb, _ in batches])
+    names = dm.class_names
+    confusion = multiclass_confusion_matrix(preds, y, len(names)).cpu()
+    per_class = (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist()
+    return {
+        "checkpoint": str(ckpt.resolve()),
+        "dataset": dm.name,
+        "data_root": str(dm.root),
+        "test_acc": metrics["test/acc"],
+        "test_loss": metrics["test/loss"],
+        "n_images": len(y),
+        "per_class_acc": {name: round(a, 6) for name, a in zip(names, per_class, strict=True)},
+        "confusion": confusion.tolist(),
+        "time": started.isoformat(timespec="seconds"),
+        "wall_time_s": round(time.perf_counter() - wall_start, 3),
+    }
+
+
+def save(record: dict, directory: Path) -> Path:
+    """eval-<time>.json and eval-<time>-confusion.png in `directory`; a name already taken (two
+    evaluations in the same second) gives eval-<time>_2, ..., so no file is ever replaced."""
+    stamp = datetime.fromisoformat(record["time"]).strftime("%Y-%m-%d_%H-%M-%S")
+    for n in itertools.count(1):
+        path = directory / f"eval-{stamp if n == 1 else f'{stamp}_{n}'}.json"
+        figure = path.with_name(f"{path.stem}-confusion.png")
+        try:
+            with path.open("x") as file:  # created only if absent: claimed atomically
+                json.dump({**record, "confusion_figure": figure.name}, file, indent=2)
+                file.write("\n")
+            break
+        except FileExistsError:
+            continue
+    plot_confusion(record["confusion"], list(record["per_class_acc"]), figure)
+    return path
+
+
+def run(cfg: DictConfig) -> tuple[dict, Path]:
+    """The command: test cfg.ckpt on its own dataset unless cfg.data names one, and save the
+    result beside it; return the record and its path."""
+    ckpt = runs.checkpoint_file(cfg.ckpt)
+    model = runs.load_model(ckpt)
+    if OmegaConf.is_missing(cfg.data, "name"):
+        cfg.data.name = model.hparams.data["name"]
+    config: EvalConfig = OmegaConf.to_object(cfg)
+    record = evaluate(ckpt, model, config.data)
+    return record, save(record, output_dir(ckpt.resolve()))
+
+
+ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "ckpt"):
+        raise SystemExit("error: give the checkpoint: ckpt=<run dir or .ckpt file>")
+    # A deprecation inside Lightning itself, and its hint to start a cluster job with srun, which
+    # a one-process evaluation never needs: noise in every evaluation.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message="The `srun` command is available")
+    try:
+        record, path = run(cfg)
+    except (RunError, ConfigError, DataError, EvalError) as err:
+        raise SystemExit(f"error: {err}") from None
+    print(
+        f"test_acc={record['test_acc']:.4f} test_loss={record['test_loss']:.4f} "
+        f"dataset={record['dataset']} images={record['n_images']:,} "
+        f"ckpt={record['checkpoint']} -> {path}"
+    )
+
+
+if __name__ == "__main__":
+    main()
