@@ -34,6 +34,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mlp_lab import cluster, runs
+from mlp_lab.cli import one_line_errors
 from mlp_lab.config import (
     ConfigError,
     SweepError,
@@ -207,6 +208,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     return record
 
 
+@one_line_errors("mlp_lab.train", TrainConfig)
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Entry point; returns the best validation accuracy for Hydra's sweepers."""

@@ -19,6 +19,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from mlp_lab.cli import one_line_errors
+
 INPUTS = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
 TARGETS = torch.tensor([[0.0], [1.0], [1.0], [0.0]])
 
@@ -122,6 +124,7 @@ def interact(model: XORNet, read: Callable[[str], str] = input, echo=print) -> N
 ConfigStore.instance().store(name="xor_schema", node={"xor": XORConfig})
 
 
+@one_line_errors("mlp_lab.xor")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="xor")
 def main(cfg: DictConfig) -> None:
     try:

@@ -1,0 +1,126 @@
+"""What every command line of mlp_lab shares: a config Hydra cannot compose ends in one line.
+
+Hydra reports a misspelt key, option or value in 6 to 15 lines ending in "Set the environment
+variable HYDRA_FULL_ERROR=1"; `one_line_errors` restates each as one `error:` line naming the key
+and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import os
+import sys
+import typing
+from collections.abc import Callable
+
+from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+
+def setting_names(schema: type, prefix: str = "") -> list[str]:
+    """Every dotted key of a dataclass schema, nested sections (optional ones too) expanded."""
+    names = []
+    hints = typing.get_type_hints(schema)
+    for field in dataclasses.fields(schema):
+        hint = hints[field.name]
+        nested = [t for t in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(t)]
+        if nested:
+            names += setting_names(nested[0], f"{prefix}{field.name}.")
+        else:
+            names.append(f"{prefix}{field.name}")
+    return names
+
+
+def optional_sections(schema: type, prefix: str = "") -> list[str]:
+    """The dotted keys of a schema's sections that may be null (off until an option sets them)."""
+    found = []
+    hints = typing.get_type_hints(schema)
+    for field in dataclasses.fields(schema):
+        hint, key = hints[field.name], f"{prefix}{field.name}"
+        nested = [t for t in typing.get_args(hint) if dataclasses.is_dataclass(t)]
+        if nested and type(None) in typing.get_args(hint):
+            found.append(key)
+        elif dataclasses.is_dataclass(hint):
+            found += optional_sections(hint, f"{key}.")
+    return found
+
+
+def setting_in_a_section_that_is_off(overrides: list[str], schema: type) -> str | None:
+    """The first override that sets a key inside a section left null, with the option to select."""
+    sections = optional_sections(schema)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        for section in sections:
+            if key.startswith(f"{section}."):
+                group, option = section.rsplit(".", 1)
+                return (
+                    f"error: {key} is in {section}, which is off: select it first, "
+                    f"{group}={option} {override}"
+                )
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def explain(err: Exception, command: str, schema: type | None = None) -> str:
+    """One line for an error Hydra raised while composing the config (or a sweep's last word)."""
+    cause = err.__cause__
+    if isinstance(err, MissingConfigException) and "/" in (err.missing_cfg_file or ""):
+        group, option = err.missing_cfg_file.rsplit("/", 1)
+        options = ", ".join(err.options or [])
+        return f"error: {group}={option}: no such option; use one of {options}"
+    if isinstance(err, OverrideParseException):
+        return (
+            f"error: {err.override}: {err.message.splitlines()[0]} (Hydra's override syntax: "
+            "key=value, key=[a,b], group=option)"
+        )
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key:
+        key = cause.full_key
+        known = setting_names(schema) if schema else []
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}? " if close else ""
+        return (
+            f"error: {key} is not a setting of {command}: {hint}"
+            f"(every setting: python -m {command} --cfg job)"
+        )
+    message = _first_line(err)
+    if message.startswith(("error:", "stopped:")):  # a sweep's failed job, already one line
+        return message
+    if message.startswith("Error merging override ") and cause is not None:
+        return f"error: {message.removeprefix('Error merging override ')}: {_first_line(cause)}"
+    detail = f": {_first_line(cause)}" if cause is not None else ""
+    return f"error: {message}{detail}"
+
+
+def one_line_errors(command_name: str, schema: type | None = None) -> Callable:
+    """Wrap the `@hydra.main` function of `python -m command_name` so that composition errors end
+    it in one line; `schema`, its config dataclass, suggests the key meant by a misspelt one."""
+
+    def wrap(main: Callable) -> Callable:
+        @functools.wraps(main)
+        def command(*args, **kwargs):
+            # Hydra raises, rather than printing its own report, when this is set.
+            previous = os.environ.get("HYDRA_FULL_ERROR")
+            os.environ["HYDRA_FULL_ERROR"] = "1"
+            try:
+                return main(*args, **kwargs)
+            except (CompactHydraException, OmegaConfBaseException) as err:
+                raise SystemExit(explain(err, command_name, schema)) from None
+            except AssertionError:  # OmegaConf's, when an override reaches into a null section
+                off = schema and setting_in_a_section_that_is_off(sys.argv[1:], schema)
+                if not off:
+                    raise
+                raise SystemExit(off) from None
+            finally:
+                if previous is None:
+                    os.environ.pop("HYDRA_FULL_ERROR", None)
+                else:
+                    os.environ["HYDRA_FULL_ERROR"] = previous
+
+        return command
+
+    return wrap
