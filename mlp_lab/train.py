@@ -21,12 +21,11 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from mlp_lab import cluster, runs
+from mlp_lab import cluster, loggers, runs
 from mlp_lab.config import (
     ConfigError,
     SweepError,
@@ -87,10 +86,10 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     # Without a progress bar, a line per epoch.
     history = runs.RunRecord(run_dir, record, verbose=not cfg.trainer.enable_progress_bar)
     best_ckpt, last_ckpt = runs.checkpoint_callbacks(run_dir)
-    logger = TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False)
+    logger = loggers.build(cfg.logger, run_dir)  # a list, possibly empty
     trainer_args = asdict(cfg.trainer)
     refresh_rate = trainer_args.pop("progress_bar_refresh_rate")
-    callbacks = [best_ckpt, last_ckpt, history, LearningRateMonitor("epoch")]
+    callbacks = [best_ckpt, last_ckpt, history, *loggers.callbacks(logger)]
     # A trial of a search reports every epoch's val/acc to its study, whose pruner may stop it.
     report = TrialReport(cfg.trial) if cfg.trial.number is not None else None
     if report is not None:
@@ -141,11 +140,9 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     if start_from is not None:
         record["started_from"] = str(start_from)
     runs.write_record(run_dir, record)
-    # The HPARAMS tab compares a sweep's runs: the settings with their final metrics, logged once.
     finals = {f"final/{k}": record[k] for k in ("best_val_acc", "test_acc", "test_loss")}
-    logger.log_hyperparams(run_settings(cfg), metrics=finals)
-    save_run_figures(module, dm, history.epochs, run_dir, logger)
-    logger.finalize("success")  # closes the event file: the run directory may go right after
+    figures = save_run_figures(module, dm, history.epochs, run_dir)
+    loggers.send_results(logger, run_settings(cfg), finals, figures, trainer.global_step)
     return record
 
 
