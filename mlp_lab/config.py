@@ -287,6 +287,41 @@ class TrialConfig:
 
 
 @dataclass
+class TensorBoardConfig:
+    """run_dir/tensorboard/: the scalars, the figures and the HPARAMS tab; no options."""
+
+
+@dataclass
+class CSVConfig:
+    """run_dir/csv/version_<part>/: Lightning's metrics.csv and hparams.yaml; no options."""
+
+
+@dataclass
+class MLflowConfig:
+    # A local store under outputs/, its artifacts beside it in outputs/mlartifacts (`mlflow ui
+    # --backend-store-uri sqlite:///outputs/mlflow.db`), or a tracking server's http://host:port.
+    tracking_uri: str = "sqlite:///outputs/mlflow.db"
+    experiment_name: str = "mlp_lab"
+
+    def __post_init__(self):
+        _require(bool(self.tracking_uri), "logger.mlflow.tracking_uri", self.tracking_uri, "a URI")
+        name = self.experiment_name
+        _require(bool(name), "logger.mlflow.experiment_name", name, "a non-empty name")
+
+
+@dataclass
+class LoggerConfig:
+    """Where a run's metrics, settings and figures go besides its metrics.json; null: not there.
+
+    Each option of conf/logger/ sets its own section, so that `logger=[csv,mlflow]` adds them up.
+    """
+
+    tensorboard: TensorBoardConfig | None = None
+    csv: CSVConfig | None = None
+    mlflow: MLflowConfig | None = None
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = MISSING
     model: ModelConfig = MISSING
@@ -294,6 +329,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = MISSING
     trainer: TrainerConfig = MISSING
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 42
     # Threads of this run's tensor operations; None: torch's default (every core). Parallel sweep
     # jobs should share the cores: joblib's n_jobs × num_threads = the number of cores.
@@ -355,6 +391,7 @@ LOGISTICS = (
     "resume",
     "ckpt_path",
     "trial",
+    "logger",
 )
 
 

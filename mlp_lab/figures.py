@@ -1,7 +1,7 @@
 """Figures of one run: learning curves, predictions and the confusion matrix.
 
-Written by `mlp_lab.train` into the run directory and TensorBoard; `mlp_lab.predict` draws its
-predictions and `mlp_lab.report` its studies with the same functions.
+Written by `mlp_lab.train` into the run directory and sent to its loggers; `mlp_lab.predict` draws
+its predictions and `mlp_lab.report` its studies with the same functions.
 """
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ def save(fig, path: Path | None):
     return fig
 
 
-def save_run_figures(module, dm, history, run_dir: Path, logger, n: int = 12) -> None:
-    """curves.png, predictions.png and confusion.png in the run directory and in TensorBoard."""
+def save_run_figures(module, dm, history, run_dir: Path, n: int = 12) -> dict[str, Figure]:
+    """curves.png, predictions.png and confusion.png in the run directory; the figures by name."""
     x, y = dm.splits["test"]
     module.eval()
     with torch.no_grad():
@@ -94,10 +94,8 @@ def save_run_figures(module, dm, history, run_dir: Path, logger, n: int = 12) ->
     x, y = x[:n].cpu(), y.cpu()
     names = dm.class_names
     matrix = multiclass_confusion_matrix(preds, y, len(names))
-    figures = {
+    return {
         "curves": plot_curves(history, run_dir / "curves.png"),
         "predictions": plot_predictions(x, y[:n], preds[:n], names, run_dir / "predictions.png", n),
         "confusion": plot_confusion(matrix, names, run_dir / "confusion.png"),
     }
-    for name, figure in figures.items():
-        logger.experiment.add_figure(name, figure, close=False)

@@ -4,7 +4,7 @@ outputs/runs/<time>/        a run (a sweep's: outputs/multirun/<time>/<n>/)
     metrics.json            the record: status, config, per-epoch history, results
     checkpoints/            the best val/acc checkpoint, and last.ckpt to resume from
     .hydra/                 the composed config and the overrides (a resume's: .hydra/resumed_*)
-    tensorboard/, *.png     the logs and figures (mlp_lab.figures)
+    tensorboard/, *.png     the logs (conf/logger/: csv/ too) and figures (mlp_lab.figures)
 """
 
 from __future__ import annotations
@@ -270,10 +270,13 @@ def resumed_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
             "outputs/runs/<time>"
         )
     changes = [o for o in overrides if not o.startswith(("resume=", "hydra."))]
+    saved_cfg = OmegaConf.load(saved)
+    if "logger" not in saved_cfg:  # saved before conf/logger/, when every run used TensorBoard
+        saved_cfg.logger = {"tensorboard": {}}
     try:
         cfg = OmegaConf.merge(
             OmegaConf.structured(TrainConfig),
-            OmegaConf.load(saved),
+            saved_cfg,
             OmegaConf.from_dotlist(changes),
         )
     except OmegaConfBaseException as err:
@@ -440,8 +443,8 @@ class RunRecord(L.Callback):
             return
         (epoch, seconds), self._pending = self._pending, None
         metrics = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items()}
-        if trainer.logger is not None:
-            trainer.logger.log_metrics({"time/epoch_s": seconds}, step=trainer.global_step)
+        for logger in trainer.loggers:
+            logger.log_metrics({"time/epoch_s": seconds}, step=trainer.global_step)
         entry = {
             "epoch": epoch,
             "train_loss": metrics["train/loss"],

@@ -23,17 +23,15 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import (
     EarlyStopping,
-    LearningRateMonitor,
     RichModelSummary,
     RichProgressBar,
     TQDMProgressBar,
 )
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.profilers import AdvancedProfiler, PyTorchProfiler, SimpleProfiler
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from mlp_lab import cluster, runs
+from mlp_lab import cluster, loggers, runs
 from mlp_lab.cli import one_line_errors
 from mlp_lab.config import (
     ConfigError,
@@ -144,8 +142,8 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     # Without a progress bar, a line per epoch.
     history = runs.RunRecord(run_dir, record, verbose=not cfg.trainer.enable_progress_bar)
     best_ckpt, last_ckpt = runs.checkpoint_callbacks(run_dir)
-    logger = TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False)
-    callbacks = [best_ckpt, last_ckpt, history, LearningRateMonitor("epoch")]
+    logger = loggers.build(cfg.logger, run_dir)  # a list, possibly empty
+    callbacks = [best_ckpt, last_ckpt, history, *loggers.callbacks(logger)]
     # A trial of a search reports every epoch's val/acc to its study, whose pruner may stop it.
     report = TrialReport(cfg.trial) if cfg.trial.number is not None else None
     if report is not None:
@@ -200,11 +198,9 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     if start_from is not None:
         record["started_from"] = str(start_from)
     runs.write_record(run_dir, record)
-    # The HPARAMS tab compares a sweep's runs: the settings with their final metrics, logged once.
     finals = {f"final/{k}": record[k] for k in ("best_val_acc", "test_acc", "test_loss")}
-    logger.log_hyperparams(run_settings(cfg), metrics=finals)
-    save_run_figures(module, dm, history.epochs, run_dir, logger)
-    logger.finalize("success")  # closes the event file: the run directory may go right after
+    figures = save_run_figures(module, dm, history.epochs, run_dir)
+    loggers.send_results(logger, run_settings(cfg), finals, figures, trainer.global_step)
     return record
 
 
