@@ -1,0 +1,130 @@
+import runpy
+import sys
+import warnings
+
+import pytest
+from conftest import run_module
+
+import mlp_lab.predict
+import mlp_lab.train
+import mlp_lab.xor
+from mlp_lab.cli import setting_names
+from mlp_lab.config import TrainConfig
+
+
+def one_line_error(capsys, monkeypatch, command, *overrides: str) -> str:
+    """The error `python -m command overrides...` ends with, run in this process (composition
+    fails before any work, so nothing else would happen in a process of its own)."""
+    monkeypatch.setattr(sys, "argv", [command.__file__, *overrides])
+    with pytest.raises(SystemExit) as stop, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is imported already
+        runpy.run_module(command.__name__, run_name="__main__")
+    captured = capsys.readouterr()
+    assert captured.out == captured.err == ""  # Hydra printed nothing of its own
+    return str(stop.value.code)
+
+
+@pytest.mark.parametrize(
+    "command, overrides, error",
+    [
+        (
+            mlp_lab.train,
+            ["trainer.max_epoch=2"],
+            "error: trainer.max_epoch is not a setting of mlp_lab.train: did you mean "
+            "trainer.max_epochs? (every setting: python -m mlp_lab.train --cfg job)",
+        ),
+        (
+            mlp_lab.train,
+            ["model.hiden=[64]"],
+            "error: model.hiden is not a setting of mlp_lab.train: did you mean model.hidden? "
+            "(every setting: python -m mlp_lab.train --cfg job)",
+        ),
+        (
+            mlp_lab.train,
+            ["data=nosuch"],
+            "error: data=nosuch: no such option; use one of fashion_mnist, mnist",
+        ),
+        (
+            mlp_lab.train,
+            ["callbacks=early_stop"],
+            "error: callbacks=early_stop: no such option; use one of early_stopping, rich",
+        ),
+        (
+            mlp_lab.train,
+            ["seed=abc"],
+            "error: seed=abc: Value 'abc' of type 'str' could not be converted to Integer",
+        ),
+        (
+            mlp_lab.train,
+            ["model.hidden=[abc]"],
+            "error: model.hidden=[abc]: Value 'abc' of type 'str' could not be converted to "
+            "Integer",
+        ),
+        (
+            mlp_lab.train,
+            ["model.hidden=[1,2"],
+            "error: model.hidden=[1,2: no viable alternative at input '[1,2' (Hydra's override "
+            "syntax: key=value, key=[a,b], group=option)",
+        ),
+        (
+            mlp_lab.train,
+            ["callbacks.early_stopping.patience=3"],
+            "error: callbacks.early_stopping.patience is in callbacks.early_stopping, which is "
+            "off: select it first, callbacks=early_stopping callbacks.early_stopping.patience=3",
+        ),
+        (
+            mlp_lab.train,
+            ["logger.mlflow.tracking_uri=http://x"],
+            "error: logger.mlflow.tracking_uri is in logger.mlflow, which is off: select it "
+            "first, logger=mlflow logger.mlflow.tracking_uri=http://x",
+        ),
+        (
+            mlp_lab.predict,
+            ["ckpts=x"],
+            "error: ckpts is not a setting of mlp_lab.predict: did you mean ckpt? "
+            "(every setting: python -m mlp_lab.predict --cfg job)",
+        ),
+        (
+            mlp_lab.xor,
+            ["xor.hiden=3"],
+            "error: xor.hiden is not a setting of mlp_lab.xor: "
+            "(every setting: python -m mlp_lab.xor --cfg job)",
+        ),
+    ],
+)
+def test_a_config_hydra_cannot_compose_ends_in_one_line(
+    command, overrides, error, capsys, monkeypatch
+):
+    assert one_line_error(capsys, monkeypatch, command, *overrides) == error
+
+
+@pytest.mark.parametrize(
+    "command, option, error",
+    [
+        (
+            "mlp_lab.train",
+            "logger=nosuch",
+            "error: logger=nosuch: no such option; use one of csv, many, mlflow, none, tensorboard",
+        ),
+        (
+            "mlp_lab.eval",
+            "data=cifar",
+            "error: data=cifar: no such option; use one of fashion_mnist, mnist",
+        ),
+    ],
+)
+def test_a_missing_group_option_is_one_line_from_a_real_process(command, option, error, tmp_path):
+    result = run_module(
+        command,
+        "ckpt=x" if command == "mlp_lab.eval" else "seed=1",
+        option,
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert (result.returncode, result.stderr) == (1, f"{error}\n")
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_the_settings_suggested_are_the_schemas_whole():
+    names = setting_names(TrainConfig)
+    assert {"trainer.max_epochs", "model.hidden", "seed", "trial.pruner.name"} <= set(names)
+    assert {"callbacks.early_stopping.patience", "logger.mlflow.tracking_uri"} <= set(names)
