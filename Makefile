@@ -42,24 +42,31 @@ train: data
 STUDIES := $(filter-out best_% complexity,$(basename $(notdir $(wildcard conf/experiment/*.yaml))))
 LAB := outputs/lab
 SEEDS ?= 0,1,2,3,4
-# A study's runs train JOBS at a time (joblib workers), each with its share of the cores.
+# A study's runs train JOBS at a time, each in a process of its own with its share of the cores
+# (LAUNCHER=joblib: Hydra's joblib workers instead, where one worker's death stops the study).
 JOBS ?= 2
+LAUNCHER ?= local
 THREADS := $(shell n=$$(( $$(nproc) / $(JOBS) )); echo $$(( n > 0 ? n : 1 )))
 
 # Every study of conf/experiment/ over SEEDS, then the whole lab's report: outputs/lab/report.md.
 # Five seeds, because the report's paired 95 % interval is t·s/√n wide: 8.98 s with two seeds, 2.48 s
 # with three, 1.24 s with five (s: the spread of the per-seed differences). 27 minutes on 2 CPU cores.
-# A study that stops (a worker killed, out of memory) does not stop the others; the report lists its
-# unfinished runs with their resume commands, and make fails at the end.
+# A run that dies (killed, out of memory) is marked so and the rest go on; `make lab RESUME=1`
+# resumes what did not finish, runs the studies not started, and writes the report again.
 lab: data
-	rm -rf $(LAB)
+	$(if $(RESUME),,rm -rf $(LAB))
 	failed=""; for study in $(STUDIES); do \
+		if [ -n "$(RESUME)" ] && [ -d $(LAB)/$$study ]; then continue; fi; \
 		$(PY) -m mlp_lab.train -m experiment=$$study seed=$(SEEDS) hydra.sweep.dir=$(LAB)/$$study \
-			hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) num_threads=$(THREADS) \
+			hydra/launcher=$(LAUNCHER) hydra.launcher.n_jobs=$(JOBS) num_threads=$(THREADS) \
 			trainer.enable_progress_bar=false $(ARGS) || failed="$$failed $$study"; \
 	done; \
+	if [ -n "$(RESUME)" ]; then $(PY) -m mlp_lab.resume $(LAB) --jobs $(JOBS) || failed="$$failed resumed"; fi; \
 	$(PY) -m mlp_lab.report $(LAB)/*/ --out $(LAB) && \
-	if [ -n "$$failed" ]; then echo "error: these studies did not finish:$$failed (see $(LAB)/report.md)"; exit 1; fi
+	if [ -n "$$failed" ]; then \
+		echo "error: not every run finished:$$failed (see $(LAB)/report.md; go on with make lab RESUME=1)"; \
+		exit 1; \
+	fi
 
 # Seconds per epoch of mlp_lab, Lightning barebones, a plain torch loop and the lab's ToTensor +
 # DataLoader pipeline, side by side: the table in benchmarks/results.md, the figures in

@@ -14,9 +14,14 @@ import os
 import sys
 import typing
 from collections.abc import Callable
+from pathlib import Path
 
 from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+# Absolute, so that Hydra finds it however a command is started: `python -m`, a console script,
+# or a call of its main() from another module.
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def setting_names(schema: type, prefix: str = "") -> list[str]:

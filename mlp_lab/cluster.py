@@ -24,7 +24,9 @@ def slurm_job() -> str | None:
 def submitit_launcher(target: str) -> bool:
     """Whether a Hydra launcher (its `_target_`) is one of submitit's: SLURM's or its local one."""
     # Hydra loads plugins as fresh module objects, so the class is known by its name.
-    return target.startswith("hydra_plugins.hydra_submitit_launcher.")
+    return target.startswith(
+        ("hydra_plugins.hydra_submitit_launcher.", "hydra_plugins.mlp_lab_launcher.Slurm")
+    )
 
 
 def cpus_per_task() -> int | None:

@@ -11,7 +11,8 @@ from hydra.core.config_store import ConfigStore
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import MISSING, OmegaConf
 
-from mlp_lab.data import DATASETS, PROJECT_DIR
+from mlp_lab.cli import CONF_DIR
+from mlp_lab.data import DATASETS
 from mlp_lab.losses import L2_COVERS, LOSSES, TARGETS, loss_options
 from mlp_lab.model import ACTIVATIONS, IMPLS
 from mlp_lab.module import OPTIMIZERS, SCHEDULES
@@ -420,7 +421,7 @@ def run_settings(cfg: TrainConfig) -> dict[str, Any]:
 def load_config(*overrides: str) -> TrainConfig:
     """The config that `python -m mlp_lab.train <overrides>` runs with."""
     register()
-    with initialize_config_dir(config_dir=str(PROJECT_DIR / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return OmegaConf.to_object(compose(config_name="train", overrides=list(overrides)))
 
 

@@ -25,7 +25,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from mlp_lab import runs
-from mlp_lab.cli import one_line_errors
+from mlp_lab.cli import CONF_DIR, one_line_errors
 from mlp_lab.config import ConfigError, DataConfig
 from mlp_lab.data import DataError, MNISTDataModule, TensorBatches
 from mlp_lab.figures import plot_confusion
@@ -135,7 +135,7 @@ ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
 
 
 @one_line_errors("mlp_lab.eval", EvalConfig)
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "ckpt"):
         raise SystemExit("error: give the checkpoint: ckpt=<run dir or .ckpt file>")

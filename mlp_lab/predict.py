@@ -21,7 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 from PIL import Image, UnidentifiedImageError
 
-from mlp_lab.cli import one_line_errors
+from mlp_lab.cli import CONF_DIR, one_line_errors
 from mlp_lab.data import DataError, default_root, fetch, load_split
 from mlp_lab.figures import plot_predictions
 from mlp_lab.module import MLPClassifier
@@ -108,7 +108,7 @@ ConfigStore.instance().store(name="predict_schema", node=PredictConfig)
 
 
 @one_line_errors("mlp_lab.predict", PredictConfig)
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
     try:
         config: PredictConfig = OmegaConf.to_object(cfg)

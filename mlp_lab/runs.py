@@ -220,6 +220,8 @@ def describe(run_dir: Path, record: dict) -> str:
         return f"running: {done} epochs so far (pid {part['pid']} on {part['host']})"
     if status == "running":
         return f"killed in epoch {done + 1}: resume with `python -m mlp_lab.train resume={run_dir}`"
+    if status == "killed":  # marked by its launcher, which saw it die
+        return f"{record.get('error')}: resume with `python -m mlp_lab.resume {run_dir}`"
     return f"{status}: {record.get('error') or f'{done} epochs so far'}"
 
 
@@ -392,11 +394,13 @@ def load_model(path: Path | str) -> MLPClassifier:
     return MLPClassifier.load_from_checkpoint(path, map_location="cpu").eval()
 
 
-def record_error(run_dir: Path, status: str, error: str) -> None:
-    """Mark this process's run failed or interrupted in its record, keeping the history it has."""
+def record_error(run_dir: Path, status: str, error: str, dead: bool = False) -> None:
+    """Mark this process's run failed or interrupted in its record, keeping the history it has;
+    with `dead`, a run whose process died (its launcher saw it end)."""
     record = earlier_record(run_dir)
     parts = record.get("parts", [])
-    if parts and (parts[-1]["host"], parts[-1]["pid"]) != (socket.gethostname(), os.getpid()):
+    owner = (socket.gethostname(), os.getpid())
+    if parts and not dead and (parts[-1]["host"], parts[-1]["pid"]) != owner:
         return  # a resume that never started: the run's own record stays as it was
     if parts:
         parts[-1]["ended"] = time.time()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import statistics
 import time
 import warnings
@@ -32,7 +33,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mlp_lab import cluster, loggers, runs
-from mlp_lab.cli import one_line_errors
+from mlp_lab.cli import CONF_DIR, one_line_errors
 from mlp_lab.config import (
     ConfigError,
     SweepError,
@@ -55,6 +56,23 @@ SKIPPED_IN_DEV_RUN = ("progress_bar_refresh_rate", "profiler", *STEP_SETTINGS)
 
 class RunInterrupted(RuntimeError):
     """Ctrl-C or SIGTERM stopped the run; its completed epochs are saved."""
+
+
+class OutOfMemory(RuntimeError):
+    """The run asked for more memory than there is."""
+
+    @classmethod
+    def of(cls, err: BaseException) -> OutOfMemory | None:
+        """The one-line error for `err` when it is a failed allocation (torch's or Python's)."""
+        text = str(err)
+        if not (isinstance(err, MemoryError | torch.OutOfMemoryError) or "allocate" in text):
+            return None
+        tried = re.search(r"tried to allocate (\d+) bytes", text)
+        size = f" ({int(tried[1]) / 2**30:,.1f} GiB in one piece)" if tried else ""
+        return cls(
+            f"out of memory{size}: use a smaller model.hidden or data.batch_size, or fewer jobs "
+            "at once"
+        )
 
 
 class EarlyStop(EarlyStopping):
@@ -205,7 +223,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
 
 
 @one_line_errors("mlp_lab.train", TrainConfig)
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     """Entry point; returns the best validation accuracy for Hydra's sweepers."""
     hydra_cfg = HydraConfig.get()
@@ -223,10 +241,15 @@ def main(cfg: DictConfig) -> float:
         if config.resume:
             config = runs.resumed_config(Path(config.resume), list(hydra_cfg.overrides.task))
         with cluster.stop_before_time_limit():
-            record = train(config, run_dir)
+            try:
+                record = train(config, run_dir)
+            except (MemoryError, RuntimeError) as err:
+                if OutOfMemory.of(err) is None:
+                    raise
+                raise OutOfMemory.of(err) from None
     except SweepError as err:  # no job of this sweep could run: stop it here
         raise SystemExit(f"error: {err}") from None
-    except (ConfigError, DataError, TrainingDiverged, RunInterrupted) as err:
+    except (ConfigError, DataError, TrainingDiverged, RunInterrupted, OutOfMemory) as err:
         message = f"{'stopped' if isinstance(err, RunInterrupted) else 'error'}: {err}"
         if rank_zero_only.rank == 0:
             status = "interrupted" if isinstance(err, RunInterrupted) else "failed"

@@ -19,7 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from mlp_lab.cli import one_line_errors
+from mlp_lab.cli import CONF_DIR, one_line_errors
 
 INPUTS = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
 TARGETS = torch.tensor([[0.0], [1.0], [1.0], [0.0]])
@@ -125,7 +125,7 @@ ConfigStore.instance().store(name="xor_schema", node={"xor": XORConfig})
 
 
 @one_line_errors("mlp_lab.xor")
-@hydra.main(version_base="1.3", config_path="../conf", config_name="xor")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="xor")
 def main(cfg: DictConfig) -> None:
     try:
         xor: XORConfig = OmegaConf.to_object(cfg.xor)

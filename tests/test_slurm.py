@@ -179,3 +179,27 @@ def test_a_job_slurm_stops_says_so_and_resumes_while_the_sweep_goes_on(
     record = runs.read_record(sweep / "1")
     assert record["status"] == "completed"
     assert [e["epoch"] for e in record["history"]] == list(range(1, done + 2))
+
+
+def test_a_job_killed_outright_without_accounting_is_marked_and_the_sweep_ends(
+    cluster, synthetic_root, tmp_path
+):
+    # This cluster keeps no accounting (no sacct): the kill is seen from squeue and the heartbeat.
+    sweep = tmp_path / "sweep"
+    slow = ["data.batch_size=4", "trainer.max_epochs=1,500"]
+    sweep_args = ["-m", f"hydra.sweep.dir={sweep}", *fast_overrides(synthetic_root, *slow)]
+    process = submit(cluster, *sweep_args, wait=False)
+    pid = _wait_for_epochs(sweep / "1", 1)["parts"][-1]["pid"]
+    subprocess.run(["kill", "-KILL", str(pid)], check=True)
+    killed_at = time.monotonic()
+    _, err = process.communicate(timeout=300)
+    assert time.monotonic() - killed_at < 120
+    assert process.returncode == 1, err[-3000:]
+    assert err.strip().splitlines()[-1] == (
+        f"error: 2 runs: 1 completed, 1 killed (resume with: python -m mlp_lab.resume {sweep})"
+    )
+    assert "Traceback" not in err
+    killed = runs.read_record(sweep / "1")
+    assert killed["status"] == "killed"
+    assert "ended without a result (SIGKILL, out of memory or a lost node)" in killed["error"]
+    assert runs.read_record(sweep / "0")["status"] == "completed"

@@ -139,6 +139,19 @@ def test_cli_config_error_is_one_line_without_traceback(override, tmp_path):
     assert result.stderr.startswith(f"error: {override.split('=')[0]}=")
 
 
+def test_a_model_too_big_for_memory_is_one_line_and_its_record_says_so(synthetic_root, tmp_path):
+    # 784 × 4e9 float weights: 12.5 TB, which no allocator hands out.
+    overrides = fast_overrides(synthetic_root, "model.hidden=[4000000000]")
+    result = run_module("mlp_lab.train", *overrides, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: out of memory (11,682.5 GiB in one piece): use a smaller model.hidden or "
+        "data.batch_size, or fewer jobs at once"
+    ]
+    record = _metrics(tmp_path)
+    assert record["status"] == "failed" and record["error"].startswith("out of memory")
+
+
 def test_cli_corrupt_dataset_stops_before_training(synthetic_root, tmp_path):
     path = synthetic_root / "FashionMNIST/raw" / idx_files("train")[1]
     path.write_bytes(b"\x00\x00\x08\x03" + path.read_bytes()[4:])

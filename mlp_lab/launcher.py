@@ -1,0 +1,380 @@
+"""hydra/launcher=local: a sweep's jobs on this machine, each in a process of its own.
+
+    python -m mlp_lab.train -m seed=0,1,2,3 hydra/launcher=local hydra.launcher.n_jobs=2
+
+A job's death (SIGKILL, the kernel's out-of-memory killer) is that job's alone: its record says why,
+the other jobs go on, those not started still start, and the sweep ends with one summary line.
+Each job is a fork of this process, so it starts in milliseconds with everything imported; a pool of
+reused workers (joblib's loky, concurrent.futures) is broken for all its jobs when one worker dies.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job
+from hydra.errors import CompactHydraException
+from hydra.plugins.launcher import Launcher
+from hydra_plugins.hydra_submitit_launcher import submitit_launcher
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from omegaconf import OmegaConf, open_dict
+
+from mlp_lab import runs
+
+log = logging.getLogger(__name__)
+
+# What a sweep's summary counts, in this order; a job with no record (fast_dev_run) completed.
+ENDINGS = ("completed", "pruned", "failed", "killed", "interrupted")
+
+
+class SweepIncomplete(CompactHydraException):
+    """Some jobs of a sweep did not complete; Hydra prints this one line and exits with 1."""
+
+
+def cores() -> int:
+    """The cores this process may run on (a cgroup's or taskset's cpuset, not the machine's)."""
+    return len(os.sched_getaffinity(0))
+
+
+def job_shares(n_jobs: int | None, num_threads: int | None) -> tuple[int, int]:
+    """Jobs at once and torch threads per job: n_jobs × threads = the cores, unless set."""
+    jobs = n_jobs or max(1, cores() // (num_threads or 1))
+    return jobs, num_threads or max(1, cores() // jobs)
+
+
+def _oom_kills() -> int | None:
+    """The kernel's out-of-memory kills in this process's memory cgroup so far (v2, or v1)."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            events = Path("/sys/fs/cgroup", path.lstrip("/"), "memory.events")
+        elif "memory" in controllers.split(","):
+            events = Path("/sys/fs/cgroup/memory", path.lstrip("/"), "memory.oom_control")
+        else:
+            continue
+        try:
+            counts = dict(line.split() for line in events.read_text().splitlines())
+        except (OSError, ValueError):
+            continue
+        if "oom_kill" in counts:
+            return int(counts["oom_kill"])
+    return None
+
+
+@dataclass
+class Ending:
+    """How a job's process ended: what it sent back, or the signal or exit code it died of."""
+
+    result: Any = None
+    died_of: str | None = None  # "SIGKILL", "out of memory", "exit code 3"
+
+
+def _child(job: Callable[[], Any], threads: int, conn) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        result = job()
+    except SystemExit as stop:  # the job's own end: its message is its error line
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
+        result = stop
+    except BaseException as err:  # noqa: BLE001  (sent to the launcher, which reports it)
+        result = err
+    try:
+        conn.send(result)
+    except Exception as err:  # noqa: BLE001  (an unpicklable result: its text travels instead)
+        conn.send(RuntimeError(f"{type(result).__name__}: {err}"))
+    conn.close()
+
+
+def run_jobs(jobs: Sequence[Callable[[], Any]], n_jobs: int, threads: int, started=None) -> list:
+    """Run each job in a forked process, `n_jobs` at a time with `threads` torch threads each.
+
+    Returns an Ending per job. `started(index, pid)` is called as each starts. SIGTERM to this
+    process is passed on to the running jobs and starts no more; so does Ctrl-C, which the terminal
+    sends to the jobs itself.
+    """
+    context = multiprocessing.get_context("fork")
+    endings: list[Ending | None] = [None] * len(jobs)
+    waiting = collections.deque(range(len(jobs)))
+    running: dict[int, tuple[multiprocessing.Process, Any]] = {}
+    stopping = False
+
+    def stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+        for process, _ in running.values():
+            os.kill(process.pid, signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    oom_seen = _oom_kills()
+    try:
+        while waiting or running:
+            while waiting and len(running) < n_jobs and not stopping:
+                index = waiting.popleft()
+                receive, send = context.Pipe(duplex=False)
+                process = context.Process(target=_child, args=(jobs[index], threads, send))
+                process.start()
+                send.close()
+                running[index] = (process, receive)
+                if started:
+                    started(index, process.pid)
+            if not running:
+                break
+            try:
+                ready = multiprocessing.connection.wait(
+                    [p.sentinel for p, _ in running.values()] + [r for _, r in running.values()]
+                )
+            except KeyboardInterrupt:
+                stopping = True
+                continue
+            for index, (process, receive) in list(running.items()):
+                if receive not in ready and process.sentinel not in ready:
+                    continue
+                with contextlib.suppress(EOFError):  # nothing sent when it died first
+                    endings[index] = Ending(result=receive.recv())
+                process.join()
+                receive.close()
+                del running[index]
+                if endings[index] is None:
+                    endings[index] = Ending(died_of=_death(process.exitcode, oom_seen))
+                oom_seen = _oom_kills()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return [e or Ending(died_of="not started") for e in endings]
+
+
+def _death(exitcode: int | None, oom_seen: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        if oom_seen is not None and (_oom_kills() or 0) > oom_seen:
+            return "out of memory (the kernel's out-of-memory killer)"
+        return f"killed by {signal.Signals(-exitcode).name}"
+    return f"exited with code {exitcode} without a result"
+
+
+def settle(run_dir: Path, ending: Ending) -> str:
+    """Write into a job's record what its end was when the job could not, and return its ending."""
+    record = runs.earlier_record(run_dir)
+    status = record.get("status")
+    if ending.died_of is None and status not in (None, "running"):
+        return status
+    if ending.died_of is None and isinstance(ending.result, JobReturn):
+        if ending.result.status == JobStatus.COMPLETED:
+            return "completed" if status is None else status  # fast_dev_run writes no record
+        error = ending.result._return_value
+    else:
+        error = ending.result
+    if ending.died_of == "not started":
+        return "not started"
+    if ending.died_of is not None:
+        done = len(record.get("history", []))
+        runs.record_error(run_dir, "killed", f"{ending.died_of} in epoch {done + 1}", dead=True)
+        return "killed"
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, MemoryError) or "can't allocate memory" in reason:
+        reason = f"out of memory ({reason})"
+    runs.record_error(run_dir, "failed", f"{type(error).__name__}: {reason}", dead=True)
+    return "failed"
+
+
+def summary(endings: Sequence[str], folder: Path) -> str:
+    """One line: how many runs ended how, and the command to go on with."""
+    counts = collections.Counter(endings)
+    told = ", ".join(f"{counts[e]} {e}" for e in (*ENDINGS, "not started") if counts[e])
+    n = len(endings)
+    if counts["killed"] or counts["interrupted"] or counts["not started"]:
+        then = f"resume with: python -m mlp_lab.resume {folder}"
+    else:
+        then = f"report: python -m mlp_lab.report {folder}"
+    return f"{n} run{'s' if n != 1 else ''}: {told} ({then})"
+
+
+class LocalLauncher(Launcher):
+    """Each job of a sweep in a forked process of its own, `n_jobs` at a time."""
+
+    def __init__(self, n_jobs: int | None = None) -> None:
+        self.n_jobs = n_jobs
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        n_jobs, threads = job_shares(self.n_jobs, self.config.get("num_threads"))
+        configs = []
+        for idx, overrides in enumerate(job_overrides, initial_job_idx):
+            config = self.hydra_context.config_loader.load_sweep_config(
+                self.config, list(overrides)
+            )
+            with open_dict(config):
+                config.hydra.job.id = idx
+                config.hydra.job.num = idx
+            configs.append(config)
+        # A search launches its trials one at a time and sums them up itself.
+        whole_sweep = "BasicSweeper" in self.config.hydra.sweeper._target_
+        if whole_sweep:
+            log.info(
+                "Launching %d jobs, %d at a time, %d threads each", len(configs), n_jobs, threads
+            )
+
+        def started(index: int, pid: int) -> None:
+            overrides = " ".join(filter_overrides(job_overrides[index]))
+            log.info("\t#%d : %s", initial_job_idx + index, overrides)
+
+        endings = run_jobs([self._job(c) for c in configs], n_jobs, threads, started)
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        returns, told = [], []
+        for index, (config, ending) in enumerate(zip(configs, endings, strict=True)):
+            run_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+            told.append(settle(run_dir, ending))
+            if isinstance(ending.result, JobReturn):
+                returns.append(ending.result)
+            else:
+                failed = JobReturn(overrides=list(job_overrides[index]), cfg=config)
+                failed.status = JobStatus.FAILED
+                failed.return_value = SweepIncomplete(f"job {index}: {told[-1]}")
+                returns.append(failed)
+            if ending.died_of is not None and ending.died_of != "not started":
+                log.error("#%d %s: %s", initial_job_idx + index, ending.died_of, run_dir)
+        line = summary(told, sweep_dir)
+        if not whole_sweep:
+            return returns
+        if any(e not in ("completed", "pruned") for e in told):
+            raise SweepIncomplete(line)
+        print(line)
+        return returns
+
+    def _job(self, config) -> Callable[[], JobReturn]:
+        def job() -> JobReturn:
+            HydraConfig.instance().set_config(config)
+            return run_job(
+                hydra_context=self.hydra_context,
+                task_function=self.task_function,
+                config=config,
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
+
+        return job
+
+
+class SlurmLauncher(submitit_launcher.SlurmLauncher):
+    """hydra/launcher=slurm: submitit's, which also sees a job die on a cluster without accounting.
+
+    submitit learns that a job ended from `sacct` or from the result the job writes; without
+    accounting, a job killed outright (SIGKILL, out of memory, a lost node) writes none and would be
+    waited for forever. Here a job that has left SLURM's queue (`squeue`) without its result, and
+    whose record has stopped beating, is marked killed, and the sweep ends.
+    """
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
+        import submitit
+
+        executor = submitit.AutoExecutor(
+            cluster="slurm",
+            folder=self.params["submitit_folder"],
+            slurm_max_num_timeout=self.params["max_num_timeout"],
+        )
+        base = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(
+            **{
+                key if key in base else f"slurm_{key}": value
+                for key, value in self.params.items()
+                if key not in ("submitit_folder", "max_num_timeout")
+            }
+        )
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        log.info("Submitting %d jobs to SLURM; sweep directory %s", len(job_overrides), sweep_dir)
+        arguments = []
+        for idx, overrides in enumerate(job_overrides, initial_job_idx):
+            log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
+            state = Singleton.get_state()
+            arguments.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", state))
+        jobs = executor.map_array(self, *zip(*arguments, strict=True))
+        returns, told = [], []
+        for idx, (job, overrides) in enumerate(
+            zip(jobs, job_overrides, strict=True), initial_job_idx
+        ):
+            config = self.hydra_context.config_loader.load_sweep_config(
+                self.config, list(overrides)
+            )
+            with open_dict(config):
+                config.hydra.job.num = idx
+            run_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+            ending = _wait_for(job, run_dir)
+            told.append(settle(run_dir, ending))
+            returns.append(ending.result if isinstance(ending.result, JobReturn) else None)
+            if returns[-1] is None:
+                returns[-1] = JobReturn(overrides=list(overrides), cfg=config)
+                returns[-1].status = JobStatus.FAILED
+                returns[-1].return_value = SweepIncomplete(f"job {idx}: {told[-1]}")
+        if "BasicSweeper" not in self.config.hydra.sweeper._target_:
+            return returns
+        line = summary(told, sweep_dir)
+        if any(e not in ("completed", "pruned") for e in told):
+            raise SweepIncomplete(line)
+        print(line)
+        return returns
+
+
+# A job that left the queue writes its result within seconds; a dead one never does.
+RESULT_GRACE_S = 30
+POLL_S = 5
+
+
+def _wait_for(job, run_dir: Path) -> Ending:
+    """How a SLURM job ended: its result, or how it died when it left the queue without one."""
+    from submitit.core.utils import UncompletedJobError
+
+    left_queue = None
+    while not job.done():
+        queued = subprocess.run(
+            ["squeue", "--noheader", "--jobs", job.job_id, "--format", "%i"],
+            capture_output=True,
+            text=True,
+        )
+        # squeue answers nothing for a job that has left the queue, or no longer knows its id.
+        gone = (queued.returncode == 0 and not queued.stdout.strip()) or (
+            "Invalid job id" in queued.stderr
+        )
+        if not gone:
+            left_queue = None
+        elif left_queue is None:
+            left_queue = time.monotonic()
+        elif time.monotonic() - left_queue > RESULT_GRACE_S and not _beating(run_dir):
+            return Ending(
+                died_of=f"SLURM job {job.job_id} ended without a result (SIGKILL, out of memory "
+                "or a lost node)"
+            )
+        time.sleep(POLL_S)
+    try:
+        return Ending(result=job.results()[0])
+    except UncompletedJobError as err:
+        return Ending(died_of=f"SLURM job {job.job_id}: {str(err).strip().splitlines()[0]}")
+
+
+def _beating(run_dir: Path) -> bool:
+    """Whether a run's record has a heartbeat younger than the grace a job has for its result."""
+    record = runs.earlier_record(run_dir)
+    if record.get("status") != "running" or not record.get("parts"):
+        return False
+    return time.time() - record["parts"][-1]["heartbeat"] < RESULT_GRACE_S

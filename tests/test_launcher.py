@@ -1,0 +1,173 @@
+"""hydra/launcher=local and mlp_lab.resume, with real processes and real signals: a job's death is
+that job's alone, and one command finishes what was killed."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import fast_overrides, run_module
+
+from mlp_lab import resume, runs
+from mlp_lab.data import PROJECT_DIR
+
+
+def start_sweep(root: Path, sweep: Path, *args: str, **options) -> subprocess.Popen:
+    command = [
+        sys.executable,
+        "-m",
+        "mlp_lab.train",
+        "-m",
+        "hydra/launcher=local",
+        f"hydra.sweep.dir={sweep}",
+        *fast_overrides(root, *args),
+    ]
+    return subprocess.Popen(
+        command,
+        cwd=PROJECT_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **options,
+    )
+
+
+def weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
+
+
+def test_a_killed_job_is_its_own_and_resume_finishes_it_as_if_never_killed(
+    synthetic_root, tmp_path, capsys
+):
+    sweep = tmp_path / "sweep"
+    # Each seed twice: job 1, killed, has job 0 as its uninterrupted twin. Batches of 16 make an
+    # epoch long enough to kill job 1 inside its second.
+    seeds = "seed=0,0,1,1,2,2"
+    args = (seeds, "hydra.launcher.n_jobs=2", "trainer.max_epochs=3", "data.batch_size=16")
+    process = start_sweep(synthetic_root, sweep, *args, "model.dropout=0.2")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        record = runs.earlier_record(sweep / "1")
+        if len(record.get("history", [])) >= 1:
+            pid = record["parts"][-1]["pid"]
+            assert pid != process.pid  # a process of its own
+            time.sleep(0.1)
+            subprocess.run(["kill", "-KILL", str(pid)], check=True)
+            break
+        time.sleep(0.01)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 1, err[-3000:]
+    assert err.strip().splitlines()[-1] == (
+        f"error: 6 runs: 5 completed, 1 killed (resume with: python -m mlp_lab.resume {sweep})"
+    )
+    assert "Traceback" not in out + err
+    killed = runs.read_record(sweep / "1")
+    assert killed["status"] == "killed", killed
+    assert killed["error"].startswith("killed by SIGKILL in epoch ")
+    assert runs.describe(sweep / "1", killed).endswith(
+        f"resume with `python -m mlp_lab.resume {sweep / '1'}`"
+    )
+    others = [runs.read_record(sweep / str(n)) for n in (0, 2, 3, 4, 5)]
+    assert [r["status"] for r in others] == ["completed"] * 5
+    assert [r["config"]["seed"] for r in others] == [0, 1, 1, 2, 2]
+
+    resumed = run_module("mlp_lab.resume", str(sweep))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.strip().splitlines()[-1] == (
+        f"1 run: 1 completed (report: python -m mlp_lab.report {sweep})"
+    )
+    record = runs.read_record(sweep / "1")
+    assert record["status"] == "completed"
+    assert [e["epoch"] for e in record["history"]] == [1, 2, 3]
+    a, b = weights(sweep / "1"), weights(sweep / "0")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    assert resume.main([str(sweep)]) == 0
+    assert capsys.readouterr().out.strip() == f"nothing to resume under {sweep}"
+
+
+def memory_cgroup(limit_bytes: int) -> Path | None:
+    """A new memory cgroup (v1 or v2) below this process's, limited to `limit_bytes`; None when
+    this machine does not let the test make one."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            base, limit = Path("/sys/fs/cgroup", path.lstrip("/")), "memory.max"
+        elif "memory" in controllers.split(","):
+            base, limit = Path("/sys/fs/cgroup/memory", path.lstrip("/")), "memory.limit_in_bytes"
+        else:
+            continue
+        group = base / f"mlp-lab-test-{uuid.uuid4().hex[:8]}"
+        try:
+            group.mkdir()
+            (group / limit).write_text(str(limit_bytes))
+            return group
+        except OSError:
+            with contextlib.suppress(OSError):
+                group.rmdir()
+    return None
+
+
+def test_a_job_the_kernel_kills_for_memory_says_so_and_the_others_complete(
+    synthetic_root, tmp_path
+):
+    # The sweep in a cgroup of 1.5 GB: job 1's 20000-wide layers (1.6 GB of weights) exceed it
+    # while they are drawn, and the kernel's out-of-memory killer takes the largest process.
+    group = memory_cgroup(1536 * 2**20)
+    if group is None:
+        pytest.skip("no memory cgroup can be made here (needs root and a cgroup filesystem)")
+    sweep = tmp_path / "sweep"
+
+    def enter_group():
+        (group / "cgroup.procs").write_text(str(os.getpid()))
+
+    try:
+        process = start_sweep(
+            synthetic_root,
+            sweep,
+            "model.hidden=[32],[20000,20000],[32]",
+            "hydra.launcher.n_jobs=2",
+            "trainer.max_epochs=1",
+            preexec_fn=enter_group,
+        )
+        out, err = process.communicate(timeout=300)
+    finally:
+        for _ in range(50):  # the cgroup can go once its last process has
+            with contextlib.suppress(OSError):
+                group.rmdir()
+                break
+            time.sleep(0.1)
+    assert process.returncode == 1, err[-3000:]
+    assert err.strip().splitlines()[-1] == (
+        f"error: 3 runs: 2 completed, 1 killed (resume with: python -m mlp_lab.resume {sweep})"
+    )
+    killed = runs.read_record(sweep / "1")
+    assert killed["status"] == "killed"
+    assert killed["error"].startswith("out of memory (the kernel's out-of-memory killer)")
+    assert [runs.read_record(sweep / str(n))["status"] for n in (0, 2)] == ["completed"] * 2
+
+
+def test_sigterm_stops_the_running_jobs_and_starts_no_more(synthetic_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ("seed=0,1,2,3", "hydra.launcher.n_jobs=2", "trainer.max_epochs=50")
+    process = start_sweep(synthetic_root, sweep, *args, "data.batch_size=16")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not all(
+        runs.earlier_record(sweep / str(n)).get("history") for n in (0, 1)
+    ):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1, err[-3000:]
+    assert err.strip().splitlines()[-1] == (
+        "error: 4 runs: 2 interrupted, 2 not started "
+        f"(resume with: python -m mlp_lab.resume {sweep})"
+    )
+    assert [runs.read_record(sweep / str(n))["status"] for n in (0, 1)] == ["interrupted"] * 2
+    assert not (sweep / "2").exists() and "Traceback" not in out + err
