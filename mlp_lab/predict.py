@@ -4,7 +4,8 @@
     python -m mlp_lab.predict ckpt=path/to/model.ckpt     # first n test images → predictions.png
 
 `ckpt` is a .ckpt file or a run directory (its best checkpoint, from metrics.json). Images are
-prepared as the training data was: grayscale, 28×28, light backgrounds inverted, in [0, 1].
+framed as the training data was: grayscale, light backgrounds inverted, the item's box scaled and
+centred in 28×28 as MNIST or Fashion-MNIST did it, in [0, 1].
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import sys
 import warnings
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import hydra
+import numpy as np
 import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -37,19 +40,28 @@ class PredictConfig:
     ckpt: str = MISSING  # a .ckpt file or a run directory
     images: list[str] = field(default_factory=list)
     n: int = 12  # without images: how many test images to predict and draw
-    out: str = "predictions.png"  # without images: where the grid goes
+    out: str | None = None  # without images: where the grid goes; null: beside the checkpoint
     top: int = 3
 
 
-def prepare_image(path: Path | str) -> torch.Tensor:
-    """A 1×784 tensor in [0, 1], dark background like MNIST's, from any image file."""
+# How each dataset framed its items, and so a user's image: MNIST fits the ink's box into 20×20
+# keeping its aspect ratio and puts its centre of mass at the centre of the 28×28 field (LeCun et
+# al.); Fashion-MNIST fits the product's box into 28×28, its middle at the centre (Xiao et al.
+# 2017). The side of the fitted box, and whether its centre of mass goes to CENTRE or it is centred.
+FRAMES = {"mnist": (20, "mass"), "fashion_mnist": (28, "middle")}
+CENTRE = 14.0  # the field's centre as row and column index
+
+
+def prepare_image(path: Path | str, dataset: str = "mnist") -> torch.Tensor:
+    """A 1×784 tensor in [0, 1] from any image file, framed as `dataset`'s images were: dark
+    background, the item's box scaled and centred."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
             # Pillow only warns between its limit and twice it; both are one line here.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                gray = image.convert("L").resize((28, 28), Image.Resampling.LANCZOS)
+                gray = np.asarray(image.convert("L"), dtype=np.float32) / 255
     except FileNotFoundError:
         raise PredictError(f"{path}: no such file") from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
@@ -59,12 +71,40 @@ def prepare_image(path: Path | str) -> torch.Tensor:
         ) from None
     except (UnidentifiedImageError, OSError) as err:
         raise PredictError(f"{path}: not a readable image ({err})") from None
-    x = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).float().div(255)
-    x = x.reshape(28, 28)
-    border = torch.cat([x[0], x[-1], x[:, 0], x[:, -1]])
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     if border.mean() > 0.5:  # a light background: photos and scans of dark ink on paper
-        x = 1 - x
-    return x.reshape(1, 784)
+        gray, border = 1 - gray, 1 - border
+    return torch.from_numpy(frame(gray, float(np.median(border)), *FRAMES[dataset])).reshape(1, 784)
+
+
+def _resized(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    image = Image.fromarray(x.astype(np.float32), mode="F")
+    return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS)).clip(0, 1)
+
+
+def frame(x: np.ndarray, background: float, side: int, anchor: str) -> np.ndarray:
+    """Crop a dark-background image to its ink's box, scale the box's longest side to `side`
+    keeping its aspect ratio, and put its centre of mass at CENTRE of a 28×28 field (or its box)."""
+    x = ((x - background) / max(1 - background, 1e-6)).clip(0, 1)
+    if x.max() < 0.1:  # nothing drawn: the whole image, as it is
+        return _resized(x, 28, 28)
+    ink = x > x.max() / 4
+    rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+    box = x[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    scale = side / max(box.shape)
+    height, width = (max(1, round(n * scale)) for n in box.shape)
+    box = _resized(box, height, width)
+    if anchor == "mass":
+        weights = box / box.sum()
+        middle = (weights.sum(1) @ np.arange(height), weights.sum(0) @ np.arange(width))
+        top, left = (
+            min(max(round(CENTRE - m), 0), 28 - n) for m, n in zip(middle, box.shape, strict=True)
+        )
+    else:  # as many empty rows (columns) above as below, give or take one
+        top, left = (28 - height) // 2, (28 - width) // 2
+    field = np.zeros((28, 28), np.float32)
+    field[top : top + height, left : left + width] = box
+    return field
 
 
 def top_classes(model: MLPClassifier, x: torch.Tensor, k: int = 3) -> list[tuple[str, float]]:
@@ -80,7 +120,8 @@ def predict_images(model: MLPClassifier, images: list[str], top: int = 3) -> int
     failures = 0
     for image in images:
         try:
-            ranked = top_classes(model, prepare_image(image), top)
+            x = prepare_image(image, model.hparams.data["name"])
+            ranked = top_classes(model, x, top)
         except PredictError as err:
             print(f"error: {err}", file=sys.stderr)
             failures += 1
@@ -104,6 +145,16 @@ def predict_test_images(model: MLPClassifier, n: int, out: Path) -> Path:
     return out
 
 
+def grid_path(ckpt: str) -> Path:
+    """predict-<time>.png in the checkpoint's run directory (or beside a loose .ckpt file), never
+    the run's own predictions.png."""
+    path = Path(ckpt)
+    home = path if path.is_dir() else path.parent
+    if home.name == "checkpoints":
+        home = home.parent
+    return home / f"predict-{datetime.now():%Y-%m-%d_%H-%M-%S}.png"
+
+
 ConfigStore.instance().store(name="predict_schema", node=PredictConfig)
 
 
@@ -117,7 +168,7 @@ def main(cfg: DictConfig) -> None:
     try:
         model = load_model(config.ckpt)
         if not config.images:
-            predict_test_images(model, config.n, Path(config.out))
+            predict_test_images(model, config.n, Path(config.out or grid_path(config.ckpt)))
             return
     except (RunError, DataError) as err:
         raise SystemExit(f"error: {err}") from None
