@@ -4,6 +4,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SHARED_DATA := $(abspath ../shared/data)
+# The datasets beside the project (../shared/data, as in CI) when MLP_LAB_DATA does not say where.
+ifneq ($(wildcard $(SHARED_DATA)/FashionMNIST),)
+export MLP_LAB_DATA ?= $(SHARED_DATA)
+endif
 ARGS ?=
 
 .PHONY: install data offline-packages cluster-packages train lab bench dashboard test lint clean
@@ -13,9 +17,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# compat: a plain path to the project, so that Hydra, which scans hydra_plugins/ on the path,
-	# finds the project's sweeper from any working directory (the default editable mode hides it).
-	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	$(PY) -m pip install --quiet -e '.[dev]'
 	# Replaced by mlp_lab's own sweeper in 0.2; an older environment's copy requires optuna<3.
 	$(PY) -m pip uninstall --quiet --yes hydra-optuna-sweeper 2>/dev/null || true
 	touch $@
@@ -80,11 +82,9 @@ STORAGE ?= sqlite:///outputs/optuna.db
 dashboard: $(STAMP)
 	$(VENV)/bin/optuna-dashboard $(STORAGE)
 
-# Tests read the real datasets from ../shared/data when it is there (as in CI).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(if $(wildcard $(SHARED_DATA)/FashionMNIST),MLP_LAB_DATA=$${MLP_LAB_DATA:-$(SHARED_DATA)}) \
-		$(VENV)/bin/pytest $(ARGS)
+	$(VENV)/bin/pytest $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

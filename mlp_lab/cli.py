@@ -19,9 +19,11 @@ from pathlib import Path
 from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-# Absolute, so that Hydra finds it however a command is started: `python -m`, a console script,
-# or a call of its main() from another module.
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# The configs: those a wheel carries in mlp_lab/conf, else the project's conf/ (a checkout, an
+# editable install). Absolute, so that Hydra finds them from any working directory, however a
+# command is started (`python -m`, a console script, a call of its main()).
+_PACKAGE = Path(__file__).resolve().parent
+CONF_DIR = str(next((d for d in (_PACKAGE / "conf",) if d.is_dir()), _PACKAGE.parent / "conf"))
 
 
 def setting_names(schema: type, prefix: str = "") -> list[str]:
@@ -67,6 +69,33 @@ def setting_in_a_section_that_is_off(overrides: list[str], schema: type) -> str 
     return None
 
 
+def not_a_setting(key: str, command: str, schema: type | None) -> str:
+    """The error line for a key that is no setting, with the closest one."""
+    known = setting_names(schema) if schema else []
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return (
+        f"error: {key} is not a setting of {command}: {hint}"
+        f"(every setting: python -m {command} --cfg job)"
+    )
+
+
+def added_key_that_is_no_setting(overrides: list[str], command: str, schema: type) -> str | None:
+    """The error line for the first `+key=` or `++key=` naming no setting, which Hydra would add
+    to the config unused."""
+    known = setting_names(schema)
+    groups = {p.relative_to(CONF_DIR).as_posix() for p in Path(CONF_DIR).rglob("*") if p.is_dir()}
+    for override in overrides:
+        if not override.startswith("+") or "=" not in override:
+            continue
+        key = override.split("=", 1)[0].lstrip("+")
+        if key.startswith("hydra.") or key in groups or key in known:
+            continue
+        if not any(key.startswith(f"{name}.") for name in known):  # a key of a dict setting
+            return not_a_setting(key, command, schema)
+    return None
+
+
 def _first_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
@@ -84,15 +113,14 @@ def explain(err: Exception, command: str, schema: type | None = None) -> str:
             "key=value, key=[a,b], group=option)"
         )
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key:
-        key = cause.full_key
-        known = setting_names(schema) if schema else []
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}? " if close else ""
-        return (
-            f"error: {key} is not a setting of {command}: {hint}"
-            f"(every setting: python -m {command} --cfg job)"
-        )
+        return not_a_setting(cause.full_key, command, schema)
     message = _first_line(err)
+    if message.startswith("Unknown plugin class"):
+        plugin = message.split(":", 1)[1].strip()
+        return (
+            f"error: Hydra finds no {plugin}: install it (hydra-submitit-launcher, "
+            "hydra-joblib-launcher), or reinstall mlp_lab (pip install -e .)"
+        )
     if message.startswith(("error:", "stopped:")):  # a sweep's failed job, already one line
         return message
     if message.startswith("Error merging override ") and cause is not None:
@@ -111,9 +139,16 @@ def one_line_errors(command_name: str, schema: type | None = None) -> Callable:
             # Hydra raises, rather than printing its own report, when this is set.
             previous = os.environ.get("HYDRA_FULL_ERROR")
             os.environ["HYDRA_FULL_ERROR"] = "1"
+            added = schema and added_key_that_is_no_setting(sys.argv[1:], command_name, schema)
+            if added:
+                raise SystemExit(added)
             try:
                 return main(*args, **kwargs)
             except (CompactHydraException, OmegaConfBaseException) as err:
+                raise SystemExit(explain(err, command_name, schema)) from None
+            except RuntimeError as err:  # Hydra's, when a launcher or sweeper is not installed
+                if not str(err).startswith("Unknown plugin class"):
+                    raise
                 raise SystemExit(explain(err, command_name, schema)) from None
             except AssertionError:  # OmegaConf's, when an override reaches into a null section
                 off = schema and setting_in_a_section_that_is_off(sys.argv[1:], schema)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import MISSING, OmegaConf
 
+from hydra_plugins.mlp_lab_launcher import LocalLauncher, SlurmLauncher
+from hydra_plugins.mlp_lab_sweeper import OptunaSweeper
 from mlp_lab.cli import CONF_DIR
 from mlp_lab.data import DATASETS
 from mlp_lab.losses import L2_COVERS, LOSSES, TARGETS, loss_options
@@ -354,6 +358,31 @@ class SweepError(ConfigError):
     """A setting that no job of a sweep could run with: the whole sweep stops."""
 
 
+@dataclass
+class SamplerConfig:
+    name: str = "tpe"
+    seed: int | None = None  # a seeded sampler proposes its first trials again after a restart
+
+
+@dataclass
+class SweeperConfig:
+    """hparams_search's sweeper (hydra/sweeper=mlp_lab, mlp_lab/search.py)."""
+
+    _target_: str = "hydra_plugins.mlp_lab_sweeper.OptunaSweeper"
+    direction: str = "maximize"
+    study_name: str = "search"
+    # sqlite:///path.db (the default, nothing to start), journal:path.log (a file on a shared
+    # filesystem), or any SQLAlchemy URL (postgresql://user@host/db); null: in memory.
+    storage: str | None = None
+    n_trials: int = 20  # trials this command runs, added to those the study has
+    # Workers, each running trials one after another: processes on this machine, or the tasks of
+    # one job array with a submitit launcher.
+    n_jobs: int = 1
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    params: dict[str, str] = field(default_factory=dict)  # the search space, Hydra's sweep syntax
+
+
 def check_sweep(strategy: str, launcher: str) -> None:
     """Refuse DDP inside a sweep unless SLURM starts its processes."""
     # Lightning's DDP starts each extra process by running this command line again, which inside
@@ -407,15 +436,17 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def run_settings(cfg: TrainConfig) -> dict[str, Any]:
+def run_settings(cfg: TrainConfig, first: Sequence[str] = ()) -> dict[str, Any]:
     """The settings that define a run, flat ("model/hidden"): the config less its logistics and
-    the options that its loss does not take."""
+    the options that its loss does not take; those under the keys `first` (a sweep's) lead."""
     unused = {f"loss.{k}" for k in set(vars(cfg.loss)) - {"name", *cfg.loss.params()}}
-    return {
-        name.replace(".", "/"): value
+    settings = {
+        name: value
         for name, value in flatten(asdict(cfg)).items()
         if name not in LOGISTICS and name.split(".")[0] not in LOGISTICS and name not in unused
     }
+    lead = [n for n in settings if any(n == k or n.startswith(f"{k}.") for k in first)]
+    return {name.replace(".", "/"): settings[name] for name in [*lead, *settings]}
 
 
 def load_config(*overrides: str) -> TrainConfig:
@@ -427,3 +458,9 @@ def load_config(*overrides: str) -> TrainConfig:
 
 def register() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    # Not "optuna": hydra-optuna-sweeper, which an older environment may still hold, has that name.
+    ConfigStore.instance().store(group="hydra/sweeper", name="mlp_lab", node=SweeperConfig)
+    # Hydra finds plugins by listing hydra_plugins' folders, which pip's default editable install
+    # hides: named here, they are found however mlp_lab is installed.
+    for plugin in (OptunaSweeper, LocalLauncher, SlurmLauncher):
+        Plugins.instance().register(plugin)

@@ -164,7 +164,9 @@ def _download(info: DatasetInfo, root: Path) -> bool:
             for train in (True, False):
                 info.torchvision_class(str(root), train=train, download=True)
     except Exception as err:  # any network or mirror failure means "not reachable"
-        reason = str(err).strip().splitlines()[0]
+        # Some failures say nothing themselves; torchvision's last word then says why.
+        said = str(err).strip().splitlines() or chatter.getvalue().strip().splitlines()[-1:]
+        reason = said[0] if said else type(err).__name__
         log.info("no download of %s (%s); trying offline packages", info.title, reason)
         return False
     return True

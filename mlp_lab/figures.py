@@ -13,6 +13,7 @@ import torch
 
 # Figure objects rather than pyplot: no global figure registry, no GUI backend, nothing to close.
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from mlp_lab.data import TensorBatches
@@ -29,6 +30,7 @@ def plot_curves(history: list[dict], path: Path | None = None):
         )
         ax.plot(epochs, [e[f"val_{metric}"] for e in history], "s-", ms=3, label=f"val {metric}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5
         ax.set_ylabel("loss" if metric == "loss" else "accuracy")
         ax.grid(alpha=0.3)
         ax.legend()

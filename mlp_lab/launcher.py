@@ -38,9 +38,6 @@ from mlp_lab import runs
 
 log = logging.getLogger(__name__)
 
-# What a sweep's summary counts, in this order; a job with no record (fast_dev_run) completed.
-ENDINGS = ("completed", "pruned", "failed", "killed", "interrupted")
-
 
 class SweepIncomplete(CompactHydraException):
     """Some jobs of a sweep did not complete; Hydra prints this one line and exits with 1."""
@@ -193,18 +190,6 @@ def settle(run_dir: Path, ending: Ending) -> str:
     return "failed"
 
 
-def summary(endings: Sequence[str], folder: Path) -> str:
-    """One line: how many runs ended how, and the command to go on with."""
-    counts = collections.Counter(endings)
-    told = ", ".join(f"{counts[e]} {e}" for e in (*ENDINGS, "not started") if counts[e])
-    n = len(endings)
-    if counts["killed"] or counts["interrupted"] or counts["not started"]:
-        then = f"resume with: python -m mlp_lab.resume {folder}"
-    else:
-        then = f"report: python -m mlp_lab.report {folder}"
-    return f"{n} run{'s' if n != 1 else ''}: {told} ({then})"
-
-
 class LocalLauncher(Launcher):
     """Each job of a sweep in a forked process of its own, `n_jobs` at a time."""
 
@@ -254,13 +239,12 @@ class LocalLauncher(Launcher):
                 returns.append(failed)
             if ending.died_of is not None and ending.died_of != "not started":
                 log.error("#%d %s: %s", initial_job_idx + index, ending.died_of, run_dir)
-        line = summary(told, sweep_dir)
         if not whole_sweep:
             return returns
+        line = runs.summary(told, sweep_dir)
         if any(e not in ("completed", "pruned") for e in told):
             raise SweepIncomplete(line)
-        print(line)
-        return returns
+        return returns  # the summary of a sweep that ended well: RunDirGuard.on_multirun_end
 
     def _job(self, config) -> Callable[[], JobReturn]:
         def job() -> JobReturn:
@@ -329,11 +313,10 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
                 returns[-1].return_value = SweepIncomplete(f"job {idx}: {told[-1]}")
         if "BasicSweeper" not in self.config.hydra.sweeper._target_:
             return returns
-        line = summary(told, sweep_dir)
+        line = runs.summary(told, sweep_dir)
         if any(e not in ("completed", "pruned") for e in told):
             raise SweepIncomplete(line)
-        print(line)
-        return returns
+        return returns  # the summary of a sweep that ended well: RunDirGuard.on_multirun_end
 
 
 # A job that left the queue writes its result within seconds; a dead one never does.

@@ -101,7 +101,9 @@ def send_results(
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             # The HPARAMS tab compares a sweep's runs: the settings beside their final metrics.
-            logger.log_hyperparams(settings, metrics=finals)
+            # torch's writer files a bool as a number (0.0000); as text it reads true or false.
+            shown = {k: str(v).lower() if isinstance(v, bool) else v for k, v in settings.items()}
+            logger.log_hyperparams(shown, metrics=finals)
             for name, figure in figures.items():
                 logger.experiment.add_figure(name, figure, close=False)
         else:

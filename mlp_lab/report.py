@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import platform
+import re
 import statistics
 import sys
 import warnings
@@ -178,11 +179,20 @@ def compare(variant: Variant, best: Variant, key: str = "best_val_acc") -> Compa
     return Comparison(mean, float(low), float(high), paired_seeds)
 
 
+def _short(value: str) -> str:
+    """A number as a legend shows it (0.0123, not 0.012345678901); anything else as it is."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return f"{number:.4g}" if any(c in value for c in ".eE") else value
+
+
 def variants(study: Study) -> list[Variant]:
     keys = swept_keys(study.runs)
     groups: dict[str, list[Run]] = defaultdict(list)
     for run in study.runs:
-        label = ", ".join(f"{k}={run.overrides.get(k, '-')}" for k in keys) or "all runs"
+        label = ", ".join(f"{k}={_short(run.overrides.get(k, '-'))}" for k in keys) or "all runs"
         groups[label].append(run)
     return [Variant(label, runs) for label, runs in groups.items()]
 
@@ -237,7 +247,10 @@ def plot_study(study: Study, path: Path | None = None):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     fig.legend(*ax_acc.get_legend_handles_labels(), loc="outside lower center", fontsize=7)
-    fig.suptitle(study.name)
+    # A sweep's folder is named by its time: say what it varied instead.
+    unnamed = re.fullmatch(r"\d{4}-\d{2}-\d{2}_[\d_-]+", study.name)
+    keys = ", ".join(swept_keys(study.runs)) or "one setting"
+    fig.suptitle(f"sweep over {keys} ({study.name})" if unnamed else study.name)
     return save(fig, path)
 
 
@@ -329,7 +342,8 @@ def write_report(dirs: list[Path], out: Path) -> Path:
     lines = [
         "# mlp_lab report",
         "",
-        f"{n_runs} runs in {len(studies)} studies, {date.today()}, on {_machine()}. "
+        f"{n_runs} run{'s' * (n_runs != 1)} in {len(studies)} "
+        f"stud{'ies' if len(studies) != 1 else 'y'}, {date.today()}, on {_machine()}. "
         "Test accuracy is the checkpoint with the best validation accuracy; with several seeds, "
         "mean ± std. Each variant is compared with the best on best val accuracy, seed by seed "
         "where both have the seed: the mean difference and its 95 % t-interval, *better* or "

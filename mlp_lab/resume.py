@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     endings = launcher.run_jobs([resume_job(d) for d in todo], n_jobs, threads)
     told = [launcher.settle(d, e) for d, e in zip(todo, endings, strict=True)]
-    line = launcher.summary(told, args.folder)
+    line = runs.summary(told, args.folder)
     print(line)
     return 0 if all(t in ENDED for t in told) else 1
 

@@ -9,12 +9,14 @@ outputs/runs/<time>/        a run (a sweep's: outputs/multirun/<time>/<n>/)
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import json
 import logging
 import os
 import pickle
+import shutil
 import socket
 import time
 from datetime import datetime
@@ -214,7 +216,7 @@ def describe(run_dir: Path, record: dict) -> str:
     if status == "completed":
         return f"completed, {done} epochs"
     if status == "pruned":
-        return f"pruned after {done} epochs by its search"
+        return f"pruned after {done} epoch{'s' * (done != 1)} by its search"
     if status == "running" and alive(record):
         part = record["parts"][-1]
         return f"running: {done} epochs so far (pid {part['pid']} on {part['host']})"
@@ -223,6 +225,20 @@ def describe(run_dir: Path, record: dict) -> str:
     if status == "killed":  # marked by its launcher, which saw it die
         return f"{record.get('error')}: resume with `python -m mlp_lab.resume {run_dir}`"
     return f"{status}: {record.get('error') or f'{done} epochs so far'}"
+
+
+def summary(endings: list[str], folder: Path, noun: str = "run") -> str:
+    """One line: how many runs ended how, and the command to go on with."""
+    counts = collections.Counter(endings)
+    order = ["completed", "pruned", "failed", "killed", "interrupted", "not started"]
+    order += sorted(set(counts) - set(order))
+    told = ", ".join(f"{counts[e]} {e}" for e in order if counts[e])
+    n = len(endings)
+    if noun == "run" and {"killed", "interrupted", "running"} & set(endings):  # not a search's
+        then = f"resume with: python -m mlp_lab.resume {folder}"
+    else:
+        then = f"report: python -m mlp_lab.report {folder}"
+    return f"{n} {noun}{'s' if n != 1 else ''}: {told} ({then})"
 
 
 class RunDirGuard(Callback):
@@ -251,6 +267,15 @@ class RunDirGuard(Callback):
             f"error: hydra.run.dir={run_dir} already holds a run ({describe(run_dir, record)}): "
             f"continue it with resume={run_dir}, or leave hydra.run.dir out for a new directory"
         )
+
+    def on_multirun_end(self, config, **kwargs):
+        # A search sums its trials up itself; a launcher whose jobs did not all end well, too.
+        if "BasicSweeper" not in config.hydra.sweeper._target_:
+            return
+        sweep = Path(config.hydra.sweep.dir)
+        # A job with no record and no error (a fast_dev_run) completed.
+        ended = [earlier_record(run).get("status", "completed") for run in find_runs(sweep)]
+        print(summary(ended, sweep))
 
     def on_multirun_start(self, config, **kwargs):
         sweep = Path(config.hydra.sweep.dir)
@@ -296,13 +321,22 @@ def last_checkpoint(run_dir: Path | str) -> Path:
     return Path(run_dir) / CHECKPOINTS / "last.ckpt"
 
 
+class EpochCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, its file names counting epochs from 1 as the record does."""
+
+    def format_checkpoint_name(self, metrics, filename=None, ver=None, prefix=None) -> str:
+        if "epoch" in metrics:
+            metrics = {**metrics, "epoch": metrics["epoch"] + 1}
+        return super().format_checkpoint_name(metrics, filename, ver, prefix)
+
+
 def checkpoint_callbacks(run_dir: Path) -> tuple[ModelCheckpoint, ModelCheckpoint]:
     """The best-val checkpoint and last.ckpt, both saved at the epoch's very end.
 
     Saved once the epoch's training metrics are logged, a checkpoint holds whole epochs only, and
     resuming starts the next one.
     """
-    best = ModelCheckpoint(
+    best = EpochCheckpoint(
         dirpath=run_dir / CHECKPOINTS,
         filename="epoch{epoch:02d}-val_acc{val/acc:.4f}",
         auto_insert_metric_name=False,
@@ -392,6 +426,17 @@ def load_model(path: Path | str) -> MLPClassifier:
     if not {"model", "loss", "optimizer", "data"} <= hparams.keys():
         raise RunError(f"{path} is not an mlp_lab checkpoint (no model or data settings)")
     return MLPClassifier.load_from_checkpoint(path, map_location="cpu").eval()
+
+
+def discard_unused(run_dir: Path) -> bool:
+    """Remove a run directory that holds only Hydra's record of the command and its log: a config
+    refused before any work. Whether it did."""
+    run_dir = Path(run_dir)
+    written = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else {"?"}
+    if written - {".hydra", "train.log"}:
+        return False
+    shutil.rmtree(run_dir)
+    return True
 
 
 def record_error(run_dir: Path, status: str, error: str, dead: bool = False) -> None:

@@ -17,7 +17,7 @@ import os
 import socket
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,6 @@ import lightning as L
 import optuna
 import yaml
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
-from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Transformer
@@ -36,40 +35,13 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from mlp_lab import runs
 from mlp_lab.cluster import submitit_launcher
-from mlp_lab.config import ConfigError, PrunerConfig, TrialConfig, flatten
+from mlp_lab.config import ConfigError, PrunerConfig, SweeperConfig, TrialConfig, flatten
 
 log = logging.getLogger(__name__)
 
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
 DIRECTIONS = ("maximize", "minimize")
 SEARCH_RECORD = "search.yaml"  # in the sweep directory: which study its trials belong to
-
-
-@dataclass
-class SamplerConfig:
-    name: str = "tpe"
-    seed: int | None = None  # a seeded sampler proposes its first trials again after a restart
-
-
-@dataclass
-class SweeperConfig:
-    _target_: str = "hydra_plugins.mlp_lab_sweeper.OptunaSweeper"
-    direction: str = "maximize"
-    study_name: str = "search"
-    # sqlite:///path.db (the default, nothing to start), journal:path.log (a file on a shared
-    # filesystem), or any SQLAlchemy URL (postgresql://user@host/db); null: in memory.
-    storage: str | None = None
-    n_trials: int = 20  # trials this command runs, added to those the study has
-    # Workers, each running trials one after another: processes on this machine, or the tasks of
-    # one job array with a submitit launcher.
-    n_jobs: int = 1
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    pruner: PrunerConfig = field(default_factory=PrunerConfig)
-    params: dict[str, str] = field(default_factory=dict)  # the search space, Hydra's sweep syntax
-
-
-# Not "optuna": hydra-optuna-sweeper, which an older environment may still hold, has that name.
-ConfigStore.instance().store(group="hydra/sweeper", name="mlp_lab", node=SweeperConfig)
 
 
 def _fail(message: str) -> SystemExit:
@@ -167,24 +139,37 @@ class OptunaSweeper(Sweeper):
             config=config, hydra_context=hydra_context, task_function=task_function
         )
         self.sweep_dir = Path(config.hydra.sweep.dir)
+        self.opened = False
 
     def _study(self, worker: int = 0) -> optuna.Study:
         c = self.cfg
         # Workers seeded alike would propose the same first trials.
         seed = None if c.sampler["seed"] is None else c.sampler["seed"] + worker
         sampler = SAMPLERS[c.sampler["name"]](seed=seed)
-        return optuna.create_study(
-            study_name=c.study_name,
-            storage=open_storage(c.storage),
-            sampler=sampler,
-            pruner=build_pruner(PrunerConfig(**c.pruner)),
-            direction=c.direction,
-            load_if_exists=True,
-        )
+        # Optuna says "Using an existing study" each time it is opened again: once is enough.
+        verbosity = optuna.logging.get_verbosity()
+        if self.opened:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            return optuna.create_study(
+                study_name=c.study_name,
+                storage=open_storage(c.storage),
+                sampler=sampler,
+                pruner=build_pruner(PrunerConfig(**c.pruner)),
+                direction=c.direction,
+                load_if_exists=True,
+            )
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+            self.opened = True
 
     def sweep(self, arguments: list[str]) -> None:
         space, fixed = search_space(dict(self.cfg.params or {}), arguments)
         study = self._study()
+        # The dashboard and Optuna's plots then say what was maximised, not "Objective 0".
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([runs.MONITOR])
         fail_dead_trials(study)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")  # as Hydra's own sweepers
@@ -225,6 +210,9 @@ class OptunaSweeper(Sweeper):
             log.info("Best value: %s (trial %d)", best.value, best.number)
             results = {"best_params": best.params, "best_value": best.value}
             (self.sweep_dir / "optimization_results.yaml").write_text(yaml.safe_dump(results))
+        trials = [d for d in runs.find_runs(self.sweep_dir) if ".workers" not in d.parts]
+        ended = [runs.earlier_record(d).get("status", "failed") for d in trials]
+        print(runs.summary(ended, self.sweep_dir, noun="trial"))
 
     def _work(self, worker: int, space: dict, fixed: list[str], slots: Path, launcher) -> None:
         study = self._study(worker)

@@ -20,6 +20,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import (
@@ -45,7 +46,6 @@ from mlp_lab.config import (
 from mlp_lab.data import DataError, MNISTDataModule
 from mlp_lab.figures import save_run_figures
 from mlp_lab.module import STEP_SETTINGS, MLPClassifier, TrainingDiverged
-from mlp_lab.search import TrialReport
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +106,30 @@ def trainer_arguments(cfg: TrainConfig, run_dir: Path) -> dict:
     return {**args, "default_root_dir": run_dir}
 
 
+class EpochBar(TQDMProgressBar):
+    """tqdm's progress bar, counting epochs from 1 as the record and the logs do."""
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        epoch = f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+        self.train_progress_bar.set_description(epoch)
+
+
+class RichEpochBar(RichProgressBar):
+    """Rich's progress bar, counting epochs from 1 as the record and the logs do."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        epoch = f"Epoch {current_epoch + 1}/{self.trainer.max_epochs}"
+        return f"{epoch:{len(self.validation_description)}}"
+
+
 def display(cfg: TrainConfig) -> list[L.Callback]:
     """The progress bar and the model summary: tqdm's and Lightning's, or Rich's."""
     trainer, rich = cfg.trainer, cfg.callbacks.rich
     shown = []
     if trainer.enable_progress_bar:
         refresh = trainer.progress_bar_refresh_rate
-        shown.append(RichProgressBar(refresh) if rich else TQDMProgressBar(refresh))
+        shown.append(RichEpochBar(refresh) if rich else EpochBar(refresh))
     if trainer.enable_model_summary and rich:
         shown.append(RichModelSummary())
     return shown
@@ -128,6 +145,21 @@ def dev_run(cfg: TrainConfig, dm: MNISTDataModule, module: MLPClassifier) -> dic
     trainer.fit(module, datamodule=dm)
     (test,) = trainer.test(module, datamodule=dm, verbose=False)
     return {"status": "fast_dev_run", "test_acc": test["test/acc"], "test_loss": test["test/loss"]}
+
+
+def leading_keys() -> list[str]:
+    """The keys the loggers' tables show first: those a sweep varies (its command line's swept
+    keys and its study's params), or those a single run's command line set."""
+    if not HydraConfig.initialized():
+        return []
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return [o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task]
+    saved = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
+    given = list(OmegaConf.load(saved).hydra.overrides.task) if saved.is_file() else []
+    swept = OverridesParser.create().parse_overrides(given)
+    keys = [o.key_or_group for o in swept if o.is_sweep_override()]
+    return keys + list(hydra_cfg.sweeper.get("params") or {})
 
 
 def train(cfg: TrainConfig, run_dir: Path) -> dict:
@@ -163,7 +195,11 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     logger = loggers.build(cfg.logger, run_dir)  # a list, possibly empty
     callbacks = [best_ckpt, last_ckpt, history, *loggers.callbacks(logger)]
     # A trial of a search reports every epoch's val/acc to its study, whose pruner may stop it.
-    report = TrialReport(cfg.trial) if cfg.trial.number is not None else None
+    report = None
+    if cfg.trial.number is not None:
+        from mlp_lab.search import TrialReport  # Optuna, imported for a search's trials alone
+
+        report = TrialReport(cfg.trial)
     if report is not None:
         callbacks.append(report)
     patience = cfg.callbacks.early_stopping
@@ -218,7 +254,8 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     runs.write_record(run_dir, record)
     finals = {f"final/{k}": record[k] for k in ("best_val_acc", "test_acc", "test_loss")}
     figures = save_run_figures(module, dm, history.epochs, run_dir)
-    loggers.send_results(logger, run_settings(cfg), finals, figures, trainer.global_step)
+    settings = run_settings(cfg, leading_keys())
+    loggers.send_results(logger, settings, finals, figures, trainer.global_step)
     return record
 
 
@@ -228,11 +265,13 @@ def main(cfg: DictConfig) -> float:
     """Entry point; returns the best validation accuracy for Hydra's sweepers."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    # Lightning's advertisement and a deprecation inside Lightning itself: noise in every run.
+    # Lightning's advertisement, a deprecation inside Lightning itself, and its hint to start a
+    # run with srun wherever SLURM is installed (hydra/launcher=slurm does): noise in every run.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: "Tip:" not in record.getMessage()
     )
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message="The `srun` command is available")
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         config = OmegaConf.to_object(cfg)
@@ -251,6 +290,9 @@ def main(cfg: DictConfig) -> float:
         raise SystemExit(f"error: {err}") from None
     except (ConfigError, DataError, TrainingDiverged, RunInterrupted, OutOfMemory) as err:
         message = f"{'stopped' if isinstance(err, RunInterrupted) else 'error'}: {err}"
+        refused = isinstance(err, ConfigError) and not multirun  # before any work
+        if refused and rank_zero_only.rank == 0 and runs.discard_unused(run_dir):
+            raise SystemExit(message) from None
         if rank_zero_only.rank == 0:
             status = "interrupted" if isinstance(err, RunInterrupted) else "failed"
             runs.record_error(run_dir, status, str(err))
@@ -269,6 +311,8 @@ def main(cfg: DictConfig) -> float:
     elif rank_zero_only.rank == 0:
         stopped = record.get("stopped_early")
         early = f"stopped early at epoch {stopped['epoch']} " if stopped else ""
+        if record["status"] == "pruned":
+            early = f"pruned by its search after epoch {record['epochs']} "
         print(
             f"test_acc={record['test_acc']:.4f} best_val_acc={record['best_val_acc']:.4f} "
             f"(epoch {record['best_epoch']}) params={record['params']:,} "

@@ -35,6 +35,18 @@ def one_line_error(capsys, monkeypatch, command, *overrides: str) -> str:
         ),
         (
             mlp_lab.train,
+            ["+trainer.max_epoch=2"],  # what Hydra's own message for the key above suggests
+            "error: trainer.max_epoch is not a setting of mlp_lab.train: did you mean "
+            "trainer.max_epochs? (every setting: python -m mlp_lab.train --cfg job)",
+        ),
+        (
+            mlp_lab.train,
+            ["++model.hiden=[64]"],
+            "error: model.hiden is not a setting of mlp_lab.train: did you mean model.hidden? "
+            "(every setting: python -m mlp_lab.train --cfg job)",
+        ),
+        (
+            mlp_lab.train,
             ["model.hiden=[64]"],
             "error: model.hiden is not a setting of mlp_lab.train: did you mean model.hidden? "
             "(every setting: python -m mlp_lab.train --cfg job)",
@@ -111,6 +123,12 @@ def test_a_config_hydra_cannot_compose_ends_in_one_line(
             "data=cifar",
             "error: data=cifar: no such option; use one of fashion_mnist, mnist",
         ),
+        (
+            "mlp_lab.train",
+            "+trainer.max_epoch=2",
+            "error: trainer.max_epoch is not a setting of mlp_lab.train: did you mean "
+            "trainer.max_epochs? (every setting: python -m mlp_lab.train --cfg job)",
+        ),
     ],
 )
 def test_a_missing_group_option_is_one_line_from_a_real_process(command, option, error, tmp_path):
@@ -128,3 +146,18 @@ def test_the_settings_suggested_are_the_schemas_whole():
     names = setting_names(TrainConfig)
     assert {"trainer.max_epochs", "model.hidden", "seed", "trial.pruner.name"} <= set(names)
     assert {"callbacks.early_stopping.patience", "logger.mlflow.tracking_uri"} <= set(names)
+
+
+def test_values_refused_before_any_work_leave_no_run_directory(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # runs go to outputs/runs/ here
+    bad = [
+        "model.hidden=[]",
+        "optimizer.lr=-1",
+        "trainer.max_epochs=0",
+        "data.batch_size=0",
+        "resume=/nonexistent",
+    ]
+    for override in bad:
+        error = one_line_error(capsys, monkeypatch, mlp_lab.train, override)
+        assert error.startswith(f"error: {override.split('=')[0]}="), error
+    assert list((tmp_path / "outputs" / "runs").iterdir()) == []

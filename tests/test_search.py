@@ -63,6 +63,8 @@ def test_a_trial_far_behind_the_others_is_pruned_and_its_record_says_so(
         assert result.returncode == 0, result.stderr[-2000:]
     good, _, slow = trials(storage)
     assert [t.state for t in trials(storage)] == [State.COMPLETE, State.COMPLETE, State.PRUNED]
+    # The study names what it maximised, for the dashboard and Optuna's plots.
+    assert optuna.load_study(study_name="s", storage=storage).metric_names == ["val/acc"]
     assert good.params == slow.params == {}  # nothing left to search
     assert len(good.intermediate_values) == 5 and len(slow.intermediate_values) == 2
     assert slow.intermediate_values[2] < good.intermediate_values[2]
@@ -73,6 +75,12 @@ def test_a_trial_far_behind_the_others_is_pruned_and_its_record_says_so(
     )
     (study,) = find_studies([tmp_path / "sweep1"])
     assert study.skipped == {tmp_path / "sweep1/2": "pruned after 2 epochs by its search"}
+    # The trial's own line says so, and the search ends with its summary.
+    lines = result.stdout.strip().splitlines()
+    assert any("pruned by its search after epoch 2 " in line for line in lines)
+    assert lines[-1] == (
+        f"1 trial: 1 pruned (report: python -m mlp_lab.report {tmp_path / 'sweep1'})"
+    )
 
 
 HALF = max(1, os.cpu_count() // 2)

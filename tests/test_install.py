@@ -1,0 +1,102 @@
+"""mlp_lab installed as a user installs it, run from a folder of the user's own: a wheel, and pip's
+default editable install. Each in an interpreter of its own whose path holds this environment's
+dependencies but not the project's folder."""
+
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import fast_overrides
+from PIL import Image
+
+from mlp_lab.data import PROJECT_DIR
+
+SITE = sysconfig.get_paths()["purelib"]  # torch, Lightning, Hydra, ...: this environment's
+
+
+def isolated_python(root: Path, *paths: Path) -> Path:
+    """A venv that sees `paths` and this environment's packages (pip and setuptools too), not the
+    project's folder."""
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    (site,) = (venv / "lib").glob("python3*/site-packages")
+    # A .pth line adds a folder to the path without reading the .pth files in it: this
+    # environment's own, which put the project's folder on the path, stay out.
+    (site / "deps.pth").write_text("\n".join(map(str, [*paths, SITE])) + "\n")
+    return venv / "bin" / "python"
+
+
+def run(python: Path, cwd: Path, *args: str) -> str:
+    """The command's last line of output; it must exit 0."""
+    result = subprocess.run([str(python), *args], cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, (args, result.stderr[-3000:])
+    return (result.stdout.strip() or result.stderr.strip()).splitlines()[-1]
+
+
+def every_command(python: Path, home: Path, root: Path) -> None:
+    """Train, search, predict and report from `home`, an empty folder: each ends as usual."""
+    quick = fast_overrides(root, "trainer.max_epochs=1", "model.hidden=[16]")
+    assert run(python, home, "-m", "mlp_lab.train", *quick).startswith("test_acc=")
+    search = ["hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweep.dir=search"]
+    assert run(python, home, "-m", "mlp_lab.train", *search, *quick) == (
+        "2 trials: 2 completed (report: python -m mlp_lab.report search)"
+    )
+    (run_dir,) = (home / "outputs" / "runs").iterdir()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(home / "blank.png")
+    line = run(python, home, "-m", "mlp_lab.predict", f"ckpt={run_dir}", "images=[blank.png]")
+    assert line.startswith("blank.png: ")
+    assert run(python, home, "-m", "mlp_lab.report", "outputs", "search") == "outputs/report.md"
+    assert (home / "optuna.db").is_file() or (home / "outputs" / "optuna.db").is_file()
+
+
+def test_a_wheel_carries_the_configs_and_every_command_runs_from_any_folder(
+    synthetic_root, tmp_path
+):
+    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["-w", str(wheels), str(PROJECT_DIR)],
+        check=True,
+    )
+    (wheel,) = wheels.glob("mlp_lab-*.whl")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target)]
+        + [str(wheel)],
+        check=True,
+    )
+    assert (target / "mlp_lab" / "conf" / "train.yaml").is_file()
+    python = isolated_python(tmp_path, target)
+    home = tmp_path / "home"
+    home.mkdir()
+    every_command(python, home, synthetic_root)
+    # A console script, as pip wrote it, run by this interpreter: the XOR table's last row.
+    last_row = run(python, home, str(target / "bin" / "mlp-lab-xor"))
+    assert last_row.split() == ["1", "1", "|", "0", "|", "0.0000", "|", "0"]
+
+
+def test_a_default_editable_install_finds_the_configs_and_the_sweeper_from_any_folder(
+    synthetic_root, tmp_path
+):
+    python = isolated_python(tmp_path)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", "-e"]
+        + [str(PROJECT_DIR)],
+        check=True,
+        capture_output=True,
+    )
+    home = tmp_path / "home"
+    home.mkdir()
+    every_command(python, home, synthetic_root)
+
+
+@pytest.fixture(autouse=True)
+def _no_build_leftovers():
+    """The builds leave their egg-info and build/ in the project: take them away again."""
+    before = {p.name for p in PROJECT_DIR.iterdir()}
+    yield
+    for path in PROJECT_DIR.iterdir():
+        if path.name not in before and path.name in ("build", "mlp_lab.egg-info"):
+            subprocess.run(["rm", "-rf", str(path)], check=True)
