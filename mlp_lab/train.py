@@ -29,6 +29,7 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
     TQDMProgressBar,
 )
+from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 from lightning.pytorch.profilers import AdvancedProfiler, PyTorchProfiler, SimpleProfiler
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -110,9 +111,12 @@ class EpochBar(TQDMProgressBar):
     """tqdm's progress bar, counting epochs from 1 as the record and the logs do."""
 
     def on_train_epoch_start(self, trainer, *args) -> None:
-        super().on_train_epoch_start(trainer, *args)
+        # Lightning's own, less its description "Epoch 0", which tqdm would print first.
+        if self._leave:
+            self.train_progress_bar = self.init_train_tqdm()
         epoch = f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
-        self.train_progress_bar.set_description(epoch)
+        self.train_progress_bar.set_description(epoch, refresh=False)
+        self.train_progress_bar.reset(total=convert_inf(self.total_train_batches))
 
 
 class RichEpochBar(RichProgressBar):

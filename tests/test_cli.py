@@ -1,3 +1,4 @@
+import logging
 import runpy
 import sys
 import warnings
@@ -150,6 +151,9 @@ def test_the_settings_suggested_are_the_schemas_whole():
 
 def test_values_refused_before_any_work_leave_no_run_directory(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # runs go to outputs/runs/ here
+    # Hydra sets up each run's logging to this test's captured output: undone afterwards.
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
     bad = [
         "model.hidden=[]",
         "optimizer.lr=-1",
