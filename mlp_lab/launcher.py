@@ -190,6 +190,25 @@ def settle(run_dir: Path, ending: Ending) -> str:
     return "failed"
 
 
+def returned(ending: Ending, overrides: Sequence[str], config, told: str) -> JobReturn:
+    """What Hydra gets back for a job: its own JobReturn, or a failed one saying how it ended."""
+    if isinstance(ending.result, JobReturn):
+        return ending.result
+    failed = JobReturn(overrides=list(overrides), cfg=config)
+    failed.status = JobStatus.FAILED
+    failed.return_value = SweepIncomplete(f"{config.hydra.job.num}: {told}")
+    return failed
+
+
+def end_of_sweep(config, told: list[str], sweep_dir: Path, returns: list[JobReturn]):
+    """A sweep whose jobs did not all end well ends with its summary line; one that did has it
+    printed by RunDirGuard.on_multirun_end. A search sums its trials up itself."""
+    whole_sweep = "BasicSweeper" in config.hydra.sweeper._target_
+    if whole_sweep and any(e not in ("completed", "pruned") for e in told):
+        raise SweepIncomplete(runs.summary(told, sweep_dir))
+    return returns
+
+
 class LocalLauncher(Launcher):
     """Each job of a sweep in a forked process of its own, `n_jobs` at a time."""
 
@@ -230,21 +249,10 @@ class LocalLauncher(Launcher):
         for index, (config, ending) in enumerate(zip(configs, endings, strict=True)):
             run_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
             told.append(settle(run_dir, ending))
-            if isinstance(ending.result, JobReturn):
-                returns.append(ending.result)
-            else:
-                failed = JobReturn(overrides=list(job_overrides[index]), cfg=config)
-                failed.status = JobStatus.FAILED
-                failed.return_value = SweepIncomplete(f"job {index}: {told[-1]}")
-                returns.append(failed)
+            returns.append(returned(ending, job_overrides[index], config, told[-1]))
             if ending.died_of is not None and ending.died_of != "not started":
                 log.error("#%d %s: %s", initial_job_idx + index, ending.died_of, run_dir)
-        if not whole_sweep:
-            return returns
-        line = runs.summary(told, sweep_dir)
-        if any(e not in ("completed", "pruned") for e in told):
-            raise SweepIncomplete(line)
-        return returns  # the summary of a sweep that ended well: RunDirGuard.on_multirun_end
+        return end_of_sweep(self.config, told, sweep_dir, returns)
 
     def _job(self, config) -> Callable[[], JobReturn]:
         def job() -> JobReturn:
@@ -306,17 +314,8 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             run_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
             ending = _wait_for(job, run_dir)
             told.append(settle(run_dir, ending))
-            returns.append(ending.result if isinstance(ending.result, JobReturn) else None)
-            if returns[-1] is None:
-                returns[-1] = JobReturn(overrides=list(overrides), cfg=config)
-                returns[-1].status = JobStatus.FAILED
-                returns[-1].return_value = SweepIncomplete(f"job {idx}: {told[-1]}")
-        if "BasicSweeper" not in self.config.hydra.sweeper._target_:
-            return returns
-        line = runs.summary(told, sweep_dir)
-        if any(e not in ("completed", "pruned") for e in told):
-            raise SweepIncomplete(line)
-        return returns  # the summary of a sweep that ended well: RunDirGuard.on_multirun_end
+            returns.append(returned(ending, overrides, config, told[-1]))
+        return end_of_sweep(self.config, told, sweep_dir, returns)
 
 
 # A job that left the queue writes its result within seconds; a dead one never does.
