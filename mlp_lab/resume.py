@@ -7,6 +7,7 @@ python -m mlp_lab.resume outputs/lab --jobs 2
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
 import sys
 from pathlib import Path
@@ -35,6 +36,23 @@ def unfinished(folder: Path) -> tuple[list[Path], list[str]]:
         else:
             todo.append(run_dir)
     return todo, left
+
+
+def claim(todo: list[Path], left: list[str]) -> tuple[list[Path], list]:
+    """The runs this command resumes, each locked while it holds the lock (the kernel drops it when
+    the command ends or dies): two resumes of one folder never resume a run twice."""
+    claimed, locks = [], []
+    for run_dir in todo:
+        lock = (run_dir / ".resume.lock").open("w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            left.append(f"{run_dir}: being resumed by another command")
+            continue
+        claimed.append(run_dir)
+        locks.append(lock)
+    return claimed, locks
 
 
 def sweep_n_jobs(folder: Path) -> int | None:
@@ -75,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs is not None and args.jobs < 1:
         parser.exit(2, "error: --jobs must be at least 1\n")
     todo, left = unfinished(args.folder)
+    todo, locks = claim(todo, left)  # held until this command ends
     for line in left:
         print(f"left alone: {line}")
     if not todo:

@@ -2,6 +2,7 @@
 that job's alone, and one command finishes what was killed."""
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -171,3 +172,18 @@ def test_sigterm_stops_the_running_jobs_and_starts_no_more(synthetic_root, tmp_p
     )
     assert [runs.read_record(sweep / str(n))["status"] for n in (0, 1)] == ["interrupted"] * 2
     assert not (sweep / "2").exists() and "Traceback" not in out + err
+
+
+def test_a_run_another_resume_command_holds_is_left_alone(tmp_path, capsys):
+    run = tmp_path / "sweep" / "0"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("trainer: {}\ntrial: {number: null}\n")
+    runs.write_record(run, {"status": "killed", "error": "killed by SIGKILL in epoch 2"})
+    with (run / ".resume.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as the other command's lock on it
+        assert resume.main([str(tmp_path / "sweep")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"left alone: {run}: being resumed by another command",
+        f"nothing to resume under {tmp_path / 'sweep'}",
+    ]
