@@ -21,9 +21,9 @@ from torchvision import transforms
 
 from mlp_lab.config import TrainConfig, load_config
 from mlp_lab.data import MNISTDataModule, split_indices
+from mlp_lab.fit import build, train
 from mlp_lab.model import MLP
 from mlp_lab.module import MLPClassifier
-from mlp_lab.train import build, train
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def sync() -> None:
 
 
 def run_mlp_lab(cfg: TrainConfig, run_dir: Path) -> tuple[list[float], float]:
-    """(a) `mlp_lab.train.train`, as a normal run: logger, checkpoints, test pass and figures."""
+    """(a) `mlp_lab.fit.train`, as a normal run: logger, checkpoints, test pass and figures."""
     history = train(cfg, run_dir)["history"]
     return [e["epoch_time_s"] for e in history], history[-1]["val_acc"]
 

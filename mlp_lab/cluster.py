@@ -1,4 +1,5 @@
-"""Running under SLURM (hydra/launcher=slurm): which job a process is, and why SLURM stopped it."""
+"""Where a process runs: its SLURM job (hydra/launcher=slurm), its rank in a DDP run, and why
+SLURM stopped it."""
 
 from __future__ import annotations
 
@@ -19,6 +20,16 @@ def slurm_job() -> str | None:
     if "SLURM_ARRAY_JOB_ID" in env:
         return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
     return env.get("SLURM_JOB_ID")
+
+
+def process_rank() -> int:
+    """This process's rank among a DDP run's processes, 0 when it runs alone."""
+    # The variables Lightning reads for its rank_zero_only.rank, in its order: read here, before
+    # a command has imported Lightning (a refused config never does).
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0
 
 
 def submitit_launcher(target: str) -> bool:

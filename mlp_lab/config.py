@@ -1,4 +1,9 @@
-"""Typed schemas of `conf/`: Hydra checks types while composing, `__post_init__` checks values."""
+"""Typed schemas of `conf/`: Hydra checks types while composing, `__post_init__` checks values.
+
+Composing needs no torch: `--help`, a misspelt key and `--cfg` answer in a second. The names a
+value may take (activations, losses, datasets, ...) come from the modules that implement them,
+imported when a config is checked, after composing.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.plugins import Plugins
-from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import MISSING, OmegaConf
 
 from hydra_plugins.mlp_lab_launcher import LocalLauncher, SlurmLauncher
 from hydra_plugins.mlp_lab_sweeper import OptunaSweeper
 from mlp_lab.cli import CONF_DIR
-from mlp_lab.data import DATASETS
-from mlp_lab.losses import L2_COVERS, LOSSES, TARGETS, loss_options
-from mlp_lab.model import ACTIVATIONS, IMPLS
-from mlp_lab.module import OPTIMIZERS, SCHEDULES
 
 
 class ConfigError(ValueError):
@@ -57,6 +56,8 @@ class DataConfig:
     flip: bool = False
 
     def __post_init__(self):
+        from mlp_lab.data import DATASETS
+
         _one_of("data.name", self.name, DATASETS)
         _require(0 <= self.shift < 14, "data.shift", self.shift, "0 <= shift < 14 pixels")
         _require(self.elastic >= 0, "data.elastic", self.elastic, ">= 0 (0: off)")
@@ -93,6 +94,8 @@ class ModelConfig:
     compile: bool = False
 
     def __post_init__(self):
+        from mlp_lab.model import ACTIVATIONS, IMPLS
+
         ok = len(self.hidden) > 0 and all(w > 0 for w in self.hidden)
         _require(ok, "model.hidden", list(self.hidden), "a non-empty list of positive widths")
         _one_of("model.activation", self.activation, ACTIVATIONS)
@@ -118,6 +121,8 @@ class LossConfig:
     label_smoothing: float = 0.0  # ce, ce_l2: weight ε of the uniform part of the target
 
     def __post_init__(self):
+        from mlp_lab.losses import L2_COVERS, LOSSES, TARGETS
+
         _one_of("loss.name", self.name, LOSSES)
         _one_of("loss.on", self.on, TARGETS)
         _one_of("loss.covers", self.covers, L2_COVERS)
@@ -129,6 +134,8 @@ class LossConfig:
         _require(0 <= eps < 1, "loss.label_smoothing", eps, "0 <= label_smoothing < 1")
 
     def params(self) -> dict:
+        from mlp_lab.losses import loss_options
+
         accepted = loss_options(self.name)
         return {k: v for k, v in vars(self).items() if k in accepted}
 
@@ -146,6 +153,8 @@ class OptimizerConfig:
     warmup: float = 0.3  # onecycle: the fraction of steps spent warming up
 
     def __post_init__(self):
+        from mlp_lab.module import OPTIMIZERS, SCHEDULES
+
         _one_of("optimizer.name", self.name, OPTIMIZERS)
         _one_of("optimizer.schedule", self.schedule, SCHEDULES)
         _require(0 < self.warmup < 1, "optimizer.warmup", self.warmup, "0 < warmup < 1")
@@ -166,6 +175,10 @@ CLIP_ALGORITHMS = ("norm", "value")
 
 def accelerator_missing(accelerator: str, devices: Any) -> str | None:
     """Why `accelerator` cannot run on this machine, or None when it can."""
+    if accelerator not in ("gpu", "cuda", "mps"):
+        return None
+    import torch
+
     if accelerator in ("gpu", "cuda"):
         if not torch.cuda.is_available():
             return "no CUDA GPU on this machine"
@@ -189,7 +202,7 @@ class TrainerConfig:
     strategy: Any = "auto"  # "ddp": one process per device (conf/trainer/ddp.yaml)
     num_nodes: int = 1
     enable_progress_bar: bool = True
-    # Not a Trainer argument: train.py gives it to the progress bar. Redrawing the bar every step
+    # Not a Trainer argument: fit.py gives it to the progress bar. Redrawing the bar every step
     # costs about 5 % of an epoch for this small network.
     progress_bar_refresh_rate: int = 20
     enable_model_summary: bool = True
@@ -385,6 +398,8 @@ class SweeperConfig:
 
 def check_sweep(strategy: str, launcher: str) -> None:
     """Refuse DDP inside a sweep unless SLURM starts its processes."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
     # Lightning's DDP starts each extra process by running this command line again, which inside
     # a sweep would start the whole sweep again; under SLURM every task is already a process of
     # its own and nothing is re-run.

@@ -11,26 +11,26 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import lightning as L
-import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
-from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from mlp_lab import runs
 from mlp_lab.cli import CONF_DIR, one_line_errors
 from mlp_lab.config import ConfigError, DataConfig
-from mlp_lab.data import DataError, MNISTDataModule, TensorBatches
-from mlp_lab.figures import plot_confusion
-from mlp_lab.module import MLPClassifier
 from mlp_lab.runs import RunError
+
+if TYPE_CHECKING:
+    from mlp_lab.data import MNISTDataModule
+    from mlp_lab.module import MLPClassifier
 
 
 class EvalError(RuntimeError):
@@ -67,6 +67,12 @@ def check_fits(model: MLPClassifier, dm: MNISTDataModule, ckpt: Path) -> None:
 def evaluate(ckpt: Path, model: MLPClassifier, data: DataConfig) -> dict:
     """Test `model`, loaded from `ckpt`, on the test set of `data` through Lightning; return the
     evaluation's record."""
+    import lightning as L
+    import torch
+    from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+    from mlp_lab.data import MNISTDataModule, TensorBatches
+
     started, wall_start = datetime.now(), time.perf_counter()
     dm = MNISTDataModule(**asdict(data))
     check_fits(model, dm, ckpt)
@@ -104,6 +110,8 @@ def evaluate(ckpt: Path, model: MLPClassifier, data: DataConfig) -> dict:
 def save(record: dict, directory: Path) -> Path:
     """eval-<time>.json and eval-<time>-confusion.png in `directory`; a name already taken (two
     evaluations in the same second) gives eval-<time>_2, ..., so no file is ever replaced."""
+    from mlp_lab.figures import plot_confusion
+
     stamp = datetime.fromisoformat(record["time"]).strftime("%Y-%m-%d_%H-%M-%S")
     for n in itertools.count(1):
         path = directory / f"eval-{stamp if n == 1 else f'{stamp}_{n}'}.json"
@@ -143,6 +151,10 @@ def main(cfg: DictConfig) -> None:
     # a one-process evaluation never needs: noise in every evaluation.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message="The `srun` command is available")
+    # Lightning's lines (devices, tips), logged once it is imported: noise in a one-line command.
+    logging.disable(logging.INFO)
+    from mlp_lab.data import DataError
+
     try:
         record, path = run(cfg)
     except (RunError, ConfigError, DataError, EvalError) as err:

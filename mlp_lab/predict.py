@@ -10,11 +10,13 @@ centred in 28×28 as MNIST or Fashion-MNIST did it, in [0, 1].
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 import numpy as np
@@ -25,10 +27,10 @@ from omegaconf.errors import MissingMandatoryValue
 from PIL import Image, UnidentifiedImageError
 
 from mlp_lab.cli import CONF_DIR, one_line_errors
-from mlp_lab.data import DataError, default_root, fetch, load_split
-from mlp_lab.figures import plot_predictions
-from mlp_lab.module import MLPClassifier
 from mlp_lab.runs import RunError, load_model
+
+if TYPE_CHECKING:
+    from mlp_lab.module import MLPClassifier
 
 
 class PredictError(RuntimeError):
@@ -133,6 +135,10 @@ def predict_images(model: MLPClassifier, images: list[str], top: int = 3) -> int
 
 def predict_test_images(model: MLPClassifier, n: int, out: Path) -> Path:
     """The first n test images of the checkpoint's dataset, drawn as a "true / pred" grid."""
+    # Lightning and matplotlib, which the dataset and the figure bring, only for this grid.
+    from mlp_lab.data import default_root, fetch, load_split
+    from mlp_lab.figures import plot_predictions
+
     dataset = model.hparams.data["name"]
     root = default_root()
     fetch(dataset, root)
@@ -165,6 +171,10 @@ def main(cfg: DictConfig) -> None:
         config: PredictConfig = OmegaConf.to_object(cfg)
     except MissingMandatoryValue:
         raise SystemExit("error: give the checkpoint: ckpt=<run dir or .ckpt file>") from None
+    # Lightning's lines (devices, tips), logged once it is imported: noise in a one-line command.
+    logging.disable(logging.INFO)
+    from mlp_lab.data import DataError
+
     try:
         model = load_model(config.ckpt)
         if not config.images:

@@ -13,30 +13,24 @@ import collections
 import contextlib
 import itertools
 import json
-import logging
 import os
-import pickle
 import shutil
 import socket
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import lightning as L
-import torch
 import yaml
 from hydra.experimental.callback import Callback
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mlp_lab.cluster import slurm_job
+from mlp_lab.cluster import process_rank, slurm_job
 from mlp_lab.config import ConfigError, TrainConfig
-from mlp_lab.module import MLPClassifier
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from mlp_lab.module import MLPClassifier
 
 RECORD = "metrics.json"
 CHECKPOINTS = "checkpoints"
@@ -134,7 +128,7 @@ def release_unused(used: Path) -> None:
 
 
 def _run_dir(resume: str | None, parent: str) -> str:
-    # A wrong resume= gets a new directory, where train.py records the error, rather than
+    # A wrong resume= gets a new directory, where mlp_lab.train records the error, rather than
     # Hydra creating the mistyped path.
     return resume if is_run_dir(resume) else new_dir(parent)
 
@@ -245,7 +239,7 @@ class RunDirGuard(Callback):
     """Checked before Hydra writes anything: one run per directory, no resume of a live run."""
 
     def on_run_start(self, config, **kwargs):
-        if rank_zero_only.rank != 0:  # DDP's other processes share rank 0's directory
+        if process_rank() != 0:  # DDP's other processes share rank 0's directory
             return
         run_dir = Path(config.hydra.run.dir)
         release_unused(run_dir)
@@ -321,74 +315,12 @@ def last_checkpoint(run_dir: Path | str) -> Path:
     return Path(run_dir) / CHECKPOINTS / "last.ckpt"
 
 
-class EpochCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, its file names counting epochs from 1 as the record does."""
-
-    def format_checkpoint_name(self, metrics, filename=None, ver=None, prefix=None) -> str:
-        if "epoch" in metrics:
-            metrics = {**metrics, "epoch": metrics["epoch"] + 1}
-        return super().format_checkpoint_name(metrics, filename, ver, prefix)
-
-
-def checkpoint_callbacks(run_dir: Path) -> tuple[ModelCheckpoint, ModelCheckpoint]:
-    """The best-val checkpoint and last.ckpt, both saved at the epoch's very end.
-
-    Saved once the epoch's training metrics are logged, a checkpoint holds whole epochs only, and
-    resuming starts the next one.
-    """
-    best = EpochCheckpoint(
-        dirpath=run_dir / CHECKPOINTS,
-        filename="epoch{epoch:02d}-val_acc{val/acc:.4f}",
-        auto_insert_metric_name=False,
-        # A run killed after saving an epoch's checkpoint saves the very same one again on resuming.
-        enable_version_counter=False,
-        monitor=MONITOR,
-        mode="max",
-        save_on_train_epoch_end=True,
-    )
-    # A second callback rather than save_last: Lightning 2.6 refreshes "last" only in epochs that
-    # improve the monitored metric when it saves at the epoch's end.
-    last = ModelCheckpoint(
-        dirpath=run_dir / CHECKPOINTS,
-        filename="last",
-        enable_version_counter=False,
-        save_on_train_epoch_end=True,
-    )
-    return best, last
-
-
 def earlier_record(run_dir: Path) -> dict:
     """A run's record, or an empty one when it has none that can be read."""
     try:
         return read_record(run_dir)
     except RunError:
         return {}
-
-
-def load_start(cfg: TrainConfig, module: MLPClassifier) -> Path | None:
-    """The checkpoint that training continues from (resume's last.ckpt, ckpt_path, or none),
-    checked by loading its weights into `module`."""
-    if cfg.resume:
-        path = last_checkpoint(cfg.resume)
-        if not path.is_file() and (Path(cfg.resume) / RECORD).is_file():
-            log.info("%s was stopped before its first epoch ended: starting it again", cfg.resume)
-            return None
-        if not path.is_file():
-            raise ConfigError(
-                f"resume={cfg.resume}: no checkpoints/last.ckpt there; give the directory of a "
-                "run of mlp_lab.train (outputs/runs/<time>)"
-            )
-    elif cfg.ckpt_path:
-        path = Path(cfg.ckpt_path)
-    else:
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state)
-    except (OSError, KeyError, RuntimeError, pickle.UnpicklingError) as err:
-        reason = str(err).strip().splitlines()[0]
-        raise ConfigError(f"{path} is not a checkpoint of this model: {reason}") from None
-    return path
 
 
 def checkpoint_file(path: Path | str) -> Path:
@@ -412,6 +344,11 @@ def checkpoint_file(path: Path | str) -> Path:
 
 def load_model(path: Path | str) -> MLPClassifier:
     """The model of a checkpoint file, or of a run directory's best checkpoint, in eval mode."""
+    # Imported here: every command reads runs before it composes its config, and most never load.
+    import torch
+
+    from mlp_lab.module import MLPClassifier
+
     path = checkpoint_file(path)
     try:
         hparams = torch.load(path, map_location="cpu", weights_only=False).get(
@@ -450,70 +387,3 @@ def record_error(run_dir: Path, status: str, error: str, dead: bool = False) -> 
     if parts:
         parts[-1]["ended"] = time.time()
     write_record(run_dir, {**record, "status": status, "error": error})
-
-
-class RunRecord(L.Callback):
-    """Keeps the per-epoch history and writes the run's record after every epoch.
-
-    Every checkpoint carries the history and the random state, so a resumed run continues both.
-    """
-
-    def __init__(self, run_dir: Path, record: dict, verbose: bool = False):
-        self.run_dir, self.record, self.verbose = run_dir, record, verbose
-        self.epochs: list[dict] = []
-        self._pending: tuple[int, float] | None = None
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self._add_epoch(trainer)
-        self._start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        # Callbacks run before the module logs its training metrics, so they are read later.
-        self._pending = (trainer.current_epoch + 1, time.perf_counter() - self._start)
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        # Checkpoints are saved at the end of an epoch, after its training metrics are logged.
-        self._add_epoch(trainer)
-        checkpoint["epoch_history"] = self.epochs
-        checkpoint["torch_rng_state"] = torch.get_rng_state()
-
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
-        if trainer.state.fn != TrainerFn.FITTING:  # testing the best checkpoint changes nothing
-            return
-        self.epochs = list(checkpoint.get("epoch_history", []))
-        if "torch_rng_state" in checkpoint:  # dropout goes on with the masks it would have drawn
-            torch.set_rng_state(checkpoint["torch_rng_state"])
-
-    def on_train_end(self, trainer, pl_module):
-        self._add_epoch(trainer)
-
-    def _add_epoch(self, trainer) -> None:
-        if self._pending is None:
-            return
-        (epoch, seconds), self._pending = self._pending, None
-        metrics = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items()}
-        for logger in trainer.loggers:
-            logger.log_metrics({"time/epoch_s": seconds}, step=trainer.global_step)
-        entry = {
-            "epoch": epoch,
-            "train_loss": metrics["train/loss"],
-            "train_acc": metrics["train/acc"],
-            "val_loss": metrics.get("val/loss"),
-            "val_acc": metrics.get("val/acc"),
-            "epoch_time_s": round(seconds, 4),
-        }
-        self.epochs.append(entry)
-        if not trainer.is_global_zero:  # under DDP, rank 0 alone writes the run's record
-            return
-        self.record["parts"][-1]["heartbeat"] = time.time()
-        if self.verbose:
-            log.info(
-                "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.2f s",
-                epoch,
-                trainer.max_epochs,
-                *(entry[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")),
-                seconds,
-            )
-        write_record(
-            self.run_dir, {**self.record, "epochs": len(self.epochs), "history": self.epochs}
-        )

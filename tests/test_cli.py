@@ -1,5 +1,6 @@
 import logging
 import runpy
+import subprocess
 import sys
 import warnings
 
@@ -11,6 +12,7 @@ import mlp_lab.train
 import mlp_lab.xor
 from mlp_lab.cli import setting_names
 from mlp_lab.config import TrainConfig
+from mlp_lab.data import PROJECT_DIR
 
 
 def one_line_error(capsys, monkeypatch, command, *overrides: str) -> str:
@@ -165,3 +167,25 @@ def test_values_refused_before_any_work_leave_no_run_directory(capsys, monkeypat
         error = one_line_error(capsys, monkeypatch, mlp_lab.train, override)
         assert error.startswith(f"error: {override.split('=')[0]}="), error
     assert list((tmp_path / "outputs" / "runs").iterdir()) == []
+
+
+# Exits through Hydra's sys.exit like the command itself; atexit then names what got imported.
+IMPORTS_AT_EXIT = """
+import atexit, runpy, sys
+atexit.register(lambda: print("imported:", [m for m in ("torch", "lightning") if m in sys.modules]))
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("module", ["mlp_lab.train", "mlp_lab.eval"])
+def test_help_and_a_misspelt_key_answer_before_torch_or_lightning_is_imported(module):
+    for args in (["--help"], ["trainer.max_epoch=2" if module == "mlp_lab.train" else "ckt=x"]):
+        result = subprocess.run(
+            [sys.executable, "-c", IMPORTS_AT_EXIT, module, *args],
+            capture_output=True,
+            text=True,
+            cwd=PROJECT_DIR,
+        )
+        assert result.stdout.splitlines()[-1] == "imported: []", (args, result.stdout)
+    assert "did you mean" in result.stderr

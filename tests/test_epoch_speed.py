@@ -8,7 +8,7 @@ from torch import nn
 from benchmarks.epoch_speed import epoch_flops
 from benchmarks.variants import VARIANTS, build_plain
 from mlp_lab.config import load_config
-from mlp_lab.train import build
+from mlp_lab.fit import build
 
 
 def test_epoch_flops_match_a_hand_count():

@@ -16,9 +16,9 @@ from hydra import compose, initialize_config_dir
 from mlp_lab.config import load_config
 from mlp_lab.data import MNISTDataModule, idx_files
 from mlp_lab.eval import run, save
+from mlp_lab.fit import train
 from mlp_lab.module import MLPClassifier
 from mlp_lab.runs import load_model
-from mlp_lab.train import train
 
 
 def evaluate(*overrides: str):

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from mlp_lab import loggers, runs
 from mlp_lab.config import ConfigError, load_config, run_settings
-from mlp_lab.train import train
+from mlp_lab.fit import train
 
 FIGURES = {"curves.png", "predictions.png", "confusion.png"}
 

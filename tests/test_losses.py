@@ -114,7 +114,7 @@ def test_unknown_loss_lists_valid_names():
 @pytest.mark.real_data
 @pytest.mark.parametrize("name", list(LOSSES))
 def test_every_loss_learns_real_fashion_mnist_in_two_epochs(name, real_data_root, tmp_path):
-    from mlp_lab.train import train
+    from mlp_lab.fit import train
 
     # torch's default initialisation: from the lab's N(0, 0.01²) start, the losses with small
     # gradients (huber: half of mse's) are still at 0.495 val accuracy after two epochs.

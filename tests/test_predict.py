@@ -113,7 +113,7 @@ def test_an_oversized_image_is_one_line_not_a_library_warning(tmp_path, monkeypa
 
 @pytest.mark.real_data
 def test_predicts_real_test_digits_from_png_files(real_data_root, tmp_path, capsys):
-    from mlp_lab.train import train
+    from mlp_lab.fit import train
 
     cfg = load_config(*quiet(real_data_root, "data=mnist", "trainer.max_epochs=2"))
     run_dir = tmp_path / "run"

@@ -350,7 +350,7 @@ def test_notebook_shows_the_reports_comparison(real_data_root, tmp_path, monkeyp
     import nbformat
     from nbclient import NotebookClient
 
-    from mlp_lab.train import train
+    from mlp_lab.fit import train
 
     cfg = load_config(
         *quiet(real_data_root, "trainer.max_epochs=1", "trainer.limit_train_batches=30")

@@ -16,10 +16,10 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from mlp_lab.config import ConfigError, load_config
 from mlp_lab.data import PROJECT_DIR, idx_files, load_split
+from mlp_lab.fit import train
 from mlp_lab.module import MLPClassifier, TrainingDiverged
 from mlp_lab.report import find_studies
 from mlp_lab.runs import resumed_config
-from mlp_lab.train import train
 
 RECORD_KEYS = {
     "status",
