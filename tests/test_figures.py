@@ -32,3 +32,14 @@ def test_curves_plot_train_and_val_per_epoch():
     assert [list(line.get_ydata()) for line in ax_loss.lines] == [[1, 0.5, 1 / 3], [2, 1, 2 / 3]]
     assert [list(line.get_ydata()) for line in ax_acc.lines] == [[0.1, 0.2, 0.3], [0.05, 0.1, 0.15]]
     assert [line.get_label() for line in ax_acc.lines] == ["train acc", "val acc"]
+
+
+def test_curves_of_a_two_epoch_run_tick_whole_epochs_only():
+    history = [
+        {"epoch": e, "train_loss": 1 / e, "val_loss": 2 / e, "train_acc": e / 10, "val_acc": e / 20}
+        for e in (1, 2)
+    ]
+    for ax in plot_curves(history).axes:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks and all(t == round(t) for t in ticks), ticks  # no epoch 1.2, 1.4, ...

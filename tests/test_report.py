@@ -16,6 +16,7 @@ from mlp_lab.report import (
     find_studies,
     interpolation_line,
     plot_complexity,
+    plot_study,
     seed_of,
     study_table,
     variants,
@@ -373,3 +374,21 @@ def test_notebook_shows_the_reports_comparison(real_data_root, tmp_path, monkeyp
     assert "| -0.0100 [-0.0150, -0.0050] | worse (paired, 3 seeds) |" in shown
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 2
+
+
+def test_a_time_named_sweep_is_titled_by_what_it_varied_with_short_numbers(tmp_path):
+    root = tmp_path / "2026-01-01_12-00-00"
+    for n, lr in enumerate(("0.012345678901", "0.1")):
+        fake_run(root / str(n), [f"optimizer.lr={lr}", "seed=0"], 0.8 + n / 100, 0.8)
+    (root / "multirun.yaml").write_text("{}")
+    (study,) = find_studies([root])
+    fig = plot_study(study)
+    assert fig._suptitle.get_text() == "sweep over optimizer.lr (2026-01-01_12-00-00)"
+    labels = fig.legends[0].get_texts()
+    assert sorted(t.get_text() for t in labels) == ["optimizer.lr=0.01235", "optimizer.lr=0.1"]
+
+
+def test_report_counts_one_run_in_one_study_in_the_singular(tmp_path):
+    fake_run(tmp_path / "depth" / "0", ["model.hidden=[256]", "seed=0"], 0.8, 0.8)
+    text = write_report([tmp_path / "depth"], tmp_path / "report.md").read_text()
+    assert "1 run in 1 study," in text
