@@ -48,7 +48,7 @@ def run_search(key: str, args, work: Path) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"search ({key}) failed:\n{done.stderr[-4000:]}")
     records = [runs.read_record(run) for run in runs.find_runs(sweep)]
-    failed = [r for r in records if r["status"] not in ("completed", "pruned")]
+    failed = [r for r in records if not runs.status(r).ended]
     if failed:
         raise SystemExit(f"search ({key}): a trial {failed[0]['status']}: {failed[0].get('error')}")
     # A worker is busy while one of its trials runs; after its last one it has nothing to claim.
@@ -62,7 +62,7 @@ def run_search(key: str, args, work: Path) -> dict:
         "label": SEARCHES[key][0],
         "wall_s": round(wall, 1),
         "trials": len(records),
-        "pruned": sum(r["status"] == "pruned" for r in records),
+        "pruned": sum(runs.status(r) is runs.Status.PRUNED for r in records),
         "epochs": sum(len(r["history"]) for r in records),
         "best_val_acc": max(r["best_val_acc"] for r in records),
         "busy": [round(seconds / wall, 3) for seconds in busy.values()],

@@ -1,4 +1,4 @@
-"""The four variants that benchmarks/epoch_speed.py times, each in a fresh process of its own.
+"""The variants that benchmarks/epoch_speed.py times, each in a fresh process of its own.
 
 python -m benchmarks.variants c '{"dataset": "mnist", "batch_sizes": [256], "epochs": 2,
                                   "quick": true}' --out c.json    # as the benchmark runs (c)
@@ -19,11 +19,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
-from mlp_lab.config import TrainConfig, load_config
+from mlp_lab import fit
+from mlp_lab.config import TrainConfig
 from mlp_lab.data import MNISTDataModule, split_indices
 from mlp_lab.fit import build, train
 from mlp_lab.model import MLP
 from mlp_lab.module import MLPClassifier
+from mlp_lab.train import load_config
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ VARIANTS = {
     "b": "Lightning barebones",
     "c": "plain torch loop",
     "d": "lab: ToTensor + DataLoader",
+    "e": "(a), Lightning's automatic step",
 }
 LAB_WORKERS = 4  # the lab's d2l loaders ran 4 worker processes
 QUICK_IMAGES = 2048  # --quick trains on this many images per epoch
@@ -173,6 +176,27 @@ def run_lab_pipeline(cfg: TrainConfig) -> tuple[list[float], float]:
     return seconds, acc
 
 
+class AutomaticStep(MLPClassifier):
+    """mlp_lab's module under Lightning's automatic optimisation: Lightning's closure and hooks
+    around each step instead of the module's own written-out step."""
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+
+def run_automatic(cfg: TrainConfig, run_dir: Path) -> tuple[list[float], float]:
+    """(e) (a), the whole run, with `AutomaticStep` in place of the module that `build` makes."""
+
+    def automatic(cfg: TrainConfig):
+        dm, module = build(cfg)
+        module.__class__ = AutomaticStep  # the very module, seeded weights included
+        module.automatic_optimization = True
+        return dm, module
+
+    fit.build = automatic  # in this variant's process alone
+    return run_mlp_lab(cfg, run_dir)
+
+
 RUNNERS = {"b": run_barebones, "c": run_plain_loop, "d": run_lab_pipeline}
 
 
@@ -201,10 +225,11 @@ def run_variant(variant: str, settings: dict, work_dir: Path) -> dict:
         if settings["quick"]:
             overrides.append(f"trainer.limit_train_batches={max(1, QUICK_IMAGES // bs)}")
         cfg = load_config(*overrides)
-        if variant == "a":
+        if variant in "ae":
             # Beside --out, in the benchmark's temporary folder: the run's TensorBoard writer
             # still flushes when this process exits.
-            seconds, acc = run_mlp_lab(cfg, work_dir / f"run_{bs}")
+            run = run_mlp_lab if variant == "a" else run_automatic
+            seconds, acc = run(cfg, work_dir / f"run_{bs}")
         else:
             seconds, acc = RUNNERS[variant](cfg)
         results[str(bs)] = {

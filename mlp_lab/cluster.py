@@ -1,17 +1,43 @@
-"""Where a process runs: its SLURM job (hydra/launcher=slurm), its rank in a DDP run, and why
-SLURM stopped it."""
+"""Where a process runs: the machine and its accelerators, its SLURM job (hydra/launcher=slurm),
+its rank in a DDP run, and why SLURM stopped it."""
 
 from __future__ import annotations
 
-import logging
 import os
+import platform
 import signal
 from contextlib import contextmanager
-
-log = logging.getLogger(__name__)
+from pathlib import Path
+from typing import Any
 
 # submitit asks SLURM for this signal `signal_delay_s` seconds before a job's time limit.
 TIME_LIMIT_SIGNAL = signal.SIGUSR2
+
+
+def machine() -> str:
+    """This machine in a few words: its architecture, CPU model and cores."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    cpu = names[0] if names else platform.processor() or "unknown CPU"
+    return f"{platform.machine()}, {cpu}, {os.cpu_count()} cores"
+
+
+def accelerator_missing(accelerator: str, devices: Any) -> str | None:
+    """Why `accelerator` cannot run on this machine, or None when it can."""
+    if accelerator not in ("gpu", "cuda", "mps"):
+        return None
+    import torch
+
+    if accelerator in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            return "no CUDA GPU on this machine"
+        wanted = devices if isinstance(devices, int) else len(str(devices).split(","))
+        if wanted > torch.cuda.device_count():
+            return f"{wanted} GPUs asked for, {torch.cuda.device_count()} on this machine"
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        return "no Apple MPS device on this machine"
+    return None
 
 
 def slurm_job() -> str | None:
@@ -79,21 +105,3 @@ def stop_reason() -> str:
     if _TimeLimit.reached:
         return f"SLURM job {job} reached its time limit"
     return f"SLURM stopped job {job} (scancel, preemption or its time limit)"
-
-
-class AccountingMissing(logging.Filter):
-    """submitit asks `sacct` for its jobs' states every few seconds and warns each time it fails,
-    as it does on every poll of a cluster without accounting: said once, in one line, instead."""
-
-    said = False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "Bypassing sacct error" not in record.getMessage():
-            return True
-        if not AccountingMissing.said:
-            AccountingMissing.said = True
-            log.warning(
-                "sacct fails here (a SLURM cluster without job accounting): submitit follows its "
-                "jobs by the result files they write instead"
-            )
-        return False

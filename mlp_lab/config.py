@@ -7,31 +7,37 @@ imported when a config is checked, after composing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
-from hydra import compose, initialize_config_dir
-from hydra.core.config_store import ConfigStore
-from hydra.core.plugins import Plugins
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING
 
-from hydra_plugins.mlp_lab_launcher import LocalLauncher, SlurmLauncher
-from hydra_plugins.mlp_lab_sweeper import OptunaSweeper
-from mlp_lab.cli import CONF_DIR
+from mlp_lab.cluster import accelerator_missing
 
 
 class ConfigError(ValueError):
     """A config value outside its allowed range; the message names the key and what is allowed."""
 
 
-def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+def _checker(section: str, settings: Any) -> Callable[[str, bool, str], None]:
+    """check(key, ok, allowed): a ConfigError naming `section.key`, its value and what is allowed
+    when not `ok`."""
+
+    def check(key: str, ok: bool, allowed: str) -> None:
+        if not ok:
+            value = getattr(settings, key)
+            raise ConfigError(f"{section}{key}={value!r} is not allowed: {allowed}")
+
+    return check
 
 
-def _one_of(key: str, value: str, names) -> None:
-    _require(value in names, key, value, f"use one of {', '.join(names)}")
+def _one_of(names: Iterable[str]) -> str:
+    return f"use one of {', '.join(names)}"
+
+
+def _positive_or_none(value: float | None) -> bool:
+    return value is None or value > 0
 
 
 @dataclass
@@ -58,23 +64,15 @@ class DataConfig:
     def __post_init__(self):
         from mlp_lab.data import DATASETS
 
-        _one_of("data.name", self.name, DATASETS)
-        _require(0 <= self.shift < 14, "data.shift", self.shift, "0 <= shift < 14 pixels")
-        _require(self.elastic >= 0, "data.elastic", self.elastic, ">= 0 (0: off)")
-        _require(
-            0 <= self.label_noise < 1, "data.label_noise", self.label_noise, "0 <= fraction < 1"
-        )
-        if self.train_size is not None:
-            _require(
-                self.train_size > 0,
-                "data.train_size",
-                self.train_size,
-                "a positive integer or null",
-            )
-        _require(self.elastic_sigma > 0, "data.elastic_sigma", self.elastic_sigma, "> 0 pixels")
+        check = _checker("data.", self)
+        check("name", self.name in DATASETS, _one_of(DATASETS))
+        check("shift", 0 <= self.shift < 14, "0 <= shift < 14 pixels")
+        check("elastic", self.elastic >= 0, ">= 0 (0: off)")
+        check("label_noise", 0 <= self.label_noise < 1, "0 <= fraction < 1")
+        check("train_size", _positive_or_none(self.train_size), "a positive integer or null")
+        check("elastic_sigma", self.elastic_sigma > 0, "> 0 pixels")
         for key in ("batch_size", "eval_batch_size", "val_size"):
-            value = getattr(self, key)
-            _require(value > 0, f"data.{key}", value, "a positive integer")
+            check(key, getattr(self, key) > 0, "a positive integer")
 
 
 @dataclass
@@ -96,15 +94,14 @@ class ModelConfig:
     def __post_init__(self):
         from mlp_lab.model import ACTIVATIONS, IMPLS
 
-        ok = len(self.hidden) > 0 and all(w > 0 for w in self.hidden)
-        _require(ok, "model.hidden", list(self.hidden), "a non-empty list of positive widths")
-        _one_of("model.activation", self.activation, ACTIVATIONS)
-        _one_of("model.impl", self.impl, IMPLS)
-        _require(0 <= self.dropout < 1, "model.dropout", self.dropout, "0 <= dropout < 1")
-        if self.init_std is not None:
-            _require(self.init_std > 0, "model.init_std", self.init_std, "a positive float or null")
-        if self.max_norm is not None:
-            _require(self.max_norm > 0, "model.max_norm", self.max_norm, "a positive float or null")
+        check = _checker("model.", self)
+        widths = len(self.hidden) > 0 and all(w > 0 for w in self.hidden)
+        check("hidden", widths, "a non-empty list of positive widths")
+        check("activation", self.activation in ACTIVATIONS, _one_of(ACTIVATIONS))
+        check("impl", self.impl in IMPLS, _one_of(IMPLS))
+        check("dropout", 0 <= self.dropout < 1, "0 <= dropout < 1")
+        check("init_std", _positive_or_none(self.init_std), "a positive float or null")
+        check("max_norm", _positive_or_none(self.max_norm), "a positive float or null")
 
 
 @dataclass
@@ -123,15 +120,15 @@ class LossConfig:
     def __post_init__(self):
         from mlp_lab.losses import L2_COVERS, LOSSES, TARGETS
 
-        _one_of("loss.name", self.name, LOSSES)
-        _one_of("loss.on", self.on, TARGETS)
-        _one_of("loss.covers", self.covers, L2_COVERS)
-        _require(self.delta > 0, "loss.delta", self.delta, "a positive float")
-        _require(self.alpha > 0, "loss.alpha", self.alpha, "a positive float")
-        _require(self.gamma >= 0, "loss.gamma", self.gamma, ">= 0")
-        _require(self.lam >= 0, "loss.lam", self.lam, ">= 0")
-        eps = self.label_smoothing
-        _require(0 <= eps < 1, "loss.label_smoothing", eps, "0 <= label_smoothing < 1")
+        check = _checker("loss.", self)
+        check("name", self.name in LOSSES, _one_of(LOSSES))
+        check("on", self.on in TARGETS, _one_of(TARGETS))
+        check("covers", self.covers in L2_COVERS, _one_of(L2_COVERS))
+        check("delta", self.delta > 0, "a positive float")
+        check("alpha", self.alpha > 0, "a positive float")
+        check("gamma", self.gamma >= 0, ">= 0")
+        check("lam", self.lam >= 0, ">= 0")
+        check("label_smoothing", 0 <= self.label_smoothing < 1, "0 <= label_smoothing < 1")
 
     def params(self) -> dict:
         from mlp_lab.losses import loss_options
@@ -155,44 +152,25 @@ class OptimizerConfig:
     def __post_init__(self):
         from mlp_lab.module import OPTIMIZERS, SCHEDULES
 
-        _one_of("optimizer.name", self.name, OPTIMIZERS)
-        _one_of("optimizer.schedule", self.schedule, SCHEDULES)
-        _require(0 < self.warmup < 1, "optimizer.warmup", self.warmup, "0 < warmup < 1")
-        _require(
-            not self.nesterov or (self.name == "sgd" and self.momentum > 0),
-            "optimizer.nesterov",
-            self.nesterov,
-            "only with optimizer=sgd and optimizer.momentum > 0",
-        )
-        _require(self.lr > 0, "optimizer.lr", self.lr, "a positive float")
-        _require(0 <= self.momentum < 1, "optimizer.momentum", self.momentum, "0 <= momentum < 1")
-        _require(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, ">= 0")
+        check = _checker("optimizer.", self)
+        check("name", self.name in OPTIMIZERS, _one_of(OPTIMIZERS))
+        check("schedule", self.schedule in SCHEDULES, _one_of(SCHEDULES))
+        check("warmup", 0 < self.warmup < 1, "0 < warmup < 1")
+        nesterov = not self.nesterov or (self.name == "sgd" and self.momentum > 0)
+        check("nesterov", nesterov, "only with optimizer=sgd and optimizer.momentum > 0")
+        check("lr", self.lr > 0, "a positive float")
+        check("momentum", 0 <= self.momentum < 1, "0 <= momentum < 1")
+        check("weight_decay", self.weight_decay >= 0, ">= 0")
 
 
 PROFILERS = ("simple", "advanced", "pytorch")
 CLIP_ALGORITHMS = ("norm", "value")
 
 
-def accelerator_missing(accelerator: str, devices: Any) -> str | None:
-    """Why `accelerator` cannot run on this machine, or None when it can."""
-    if accelerator not in ("gpu", "cuda", "mps"):
-        return None
-    import torch
-
-    if accelerator in ("gpu", "cuda"):
-        if not torch.cuda.is_available():
-            return "no CUDA GPU on this machine"
-        wanted = devices if isinstance(devices, int) else len(str(devices).split(","))
-        if wanted > torch.cuda.device_count():
-            return f"{wanted} GPUs asked for, {torch.cuda.device_count()} on this machine"
-    if accelerator == "mps" and not torch.backends.mps.is_available():
-        return "no Apple MPS device on this machine"
-    return None
-
-
 @dataclass
 class TrainerConfig:
-    """Passed to `lightning.Trainer` as keyword arguments."""
+    """Passed to `lightning.Trainer` as keyword arguments, but for the three its module's own
+    optimisation step takes (mlp_lab.module.STEP_SETTINGS) and the progress bar's rate."""
 
     max_epochs: int = 10
     accelerator: str = "auto"  # auto, cpu, gpu (cuda) or mps; trainer=gpu, mps, cpu set it
@@ -202,8 +180,8 @@ class TrainerConfig:
     strategy: Any = "auto"  # "ddp": one process per device (conf/trainer/ddp.yaml)
     num_nodes: int = 1
     enable_progress_bar: bool = True
-    # Not a Trainer argument: fit.py gives it to the progress bar. Redrawing the bar every step
-    # costs about 5 % of an epoch for this small network.
+    # Not a Trainer argument: the progress bar's. Redrawing the bar every step costs about 5 % of
+    # an epoch for this small network.
     progress_bar_refresh_rate: int = 20
     enable_model_summary: bool = True
     num_sanity_val_steps: int = 2
@@ -218,7 +196,7 @@ class TrainerConfig:
     overfit_batches: float = 0.0  # an int count of batches, or a fraction of them
     profiler: str | None = None  # simple, advanced or pytorch
     detect_anomaly: bool = False
-    # Carried out by the module's own optimisation step (MLPClassifier.training_step), since
+    # Carried out by the module's own optimisation step (MLPClassifier), since
     # Lightning does neither under manual optimisation: clip the gradients' norm (or each value)
     # to gradient_clip_val before every step; add up the gradients of accumulate_grad_batches
     # batches for each step.
@@ -227,27 +205,20 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
 
     def __post_init__(self):
-        _require(self.max_epochs > 0, "trainer.max_epochs", self.max_epochs, "a positive integer")
+        check = _checker("trainer.", self)
+        check("max_epochs", self.max_epochs > 0, "a positive integer")
         missing = accelerator_missing(str(self.accelerator), self.devices)
-        accelerator = self.accelerator
-        _require(not missing, "trainer.accelerator", accelerator, f"{missing}; use trainer=cpu")
-        _require(self.overfit_batches >= 0, "trainer.overfit_batches", self.overfit_batches, ">= 0")
-        if self.profiler is not None:
-            _one_of("trainer.profiler", self.profiler, PROFILERS)
-        if self.gradient_clip_val is not None:
-            _require(
-                self.gradient_clip_val > 0,
-                "trainer.gradient_clip_val",
-                self.gradient_clip_val,
-                "a positive float or null",
-            )
-        _one_of("trainer.gradient_clip_algorithm", self.gradient_clip_algorithm, CLIP_ALGORITHMS)
-        _require(
-            self.accumulate_grad_batches >= 1,
-            "trainer.accumulate_grad_batches",
-            self.accumulate_grad_batches,
-            "a positive integer",
+        check("accelerator", not missing, f"{missing}; use trainer=cpu")
+        check("overfit_batches", self.overfit_batches >= 0, ">= 0")
+        check("profiler", self.profiler in (None, *PROFILERS), _one_of(PROFILERS))
+        check(
+            "gradient_clip_val",
+            _positive_or_none(self.gradient_clip_val),
+            "a positive float or null",
         )
+        algorithm = self.gradient_clip_algorithm
+        check("gradient_clip_algorithm", algorithm in CLIP_ALGORITHMS, _one_of(CLIP_ALGORITHMS))
+        check("accumulate_grad_batches", self.accumulate_grad_batches >= 1, "a positive integer")
 
 
 @dataclass
@@ -258,13 +229,9 @@ class EarlyStoppingConfig:
     min_delta: float = 0.0  # the least rise of val/acc that counts as better
 
     def __post_init__(self):
-        _require(
-            self.patience >= 1,
-            "callbacks.early_stopping.patience",
-            self.patience,
-            "a positive number of epochs",
-        )
-        _require(self.min_delta >= 0, "callbacks.early_stopping.min_delta", self.min_delta, ">= 0")
+        check = _checker("callbacks.early_stopping.", self)
+        check("patience", self.patience >= 1, "a positive number of epochs")
+        check("min_delta", self.min_delta >= 0, ">= 0")
 
 
 @dataclass
@@ -289,9 +256,10 @@ class PrunerConfig:
     startup_trials: int = 5  # median: trials run to the end before any is pruned
 
     def __post_init__(self):
-        _one_of("pruner.name", self.name, PRUNERS)
-        _require(self.warmup_epochs >= 0, "pruner.warmup_epochs", self.warmup_epochs, ">= 0")
-        _require(self.startup_trials >= 0, "pruner.startup_trials", self.startup_trials, ">= 0")
+        check = _checker("pruner.", self)
+        check("name", self.name in PRUNERS, _one_of(PRUNERS))
+        check("warmup_epochs", self.warmup_epochs >= 0, ">= 0")
+        check("startup_trials", self.startup_trials >= 0, ">= 0")
 
 
 @dataclass
@@ -322,9 +290,9 @@ class MLflowConfig:
     experiment_name: str = "mlp_lab"
 
     def __post_init__(self):
-        _require(bool(self.tracking_uri), "logger.mlflow.tracking_uri", self.tracking_uri, "a URI")
-        name = self.experiment_name
-        _require(bool(name), "logger.mlflow.experiment_name", name, "a non-empty name")
+        check = _checker("logger.mlflow.", self)
+        check("tracking_uri", bool(self.tracking_uri), "a URI")
+        check("experiment_name", bool(self.experiment_name), "a non-empty name")
 
 
 @dataclass
@@ -357,18 +325,10 @@ class TrainConfig:
     trial: TrialConfig = field(default_factory=TrialConfig)
 
     def __post_init__(self):
-        if self.num_threads is not None:
-            _require(self.num_threads > 0, "num_threads", self.num_threads, "a positive integer")
-        _require(
-            not (self.resume and self.ckpt_path),
-            "ckpt_path",
-            self.ckpt_path,
-            "give resume=<run dir> or ckpt_path=<file>, not both",
-        )
-
-
-class SweepError(ConfigError):
-    """A setting that no job of a sweep could run with: the whole sweep stops."""
+        check = _checker("", self)
+        check("num_threads", _positive_or_none(self.num_threads), "a positive integer")
+        both = "give resume=<run dir> or ckpt_path=<file>, not both"
+        check("ckpt_path", not (self.resume and self.ckpt_path), both)
 
 
 @dataclass
@@ -394,88 +354,3 @@ class SweeperConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     params: dict[str, str] = field(default_factory=dict)  # the search space, Hydra's sweep syntax
-
-
-def check_sweep(strategy: str, launcher: str) -> None:
-    """Refuse DDP inside a sweep unless SLURM starts its processes."""
-    from lightning.fabric.plugins.environments import SLURMEnvironment
-
-    # Lightning's DDP starts each extra process by running this command line again, which inside
-    # a sweep would start the whole sweep again; under SLURM every task is already a process of
-    # its own and nothing is re-run.
-    if strategy.startswith("ddp") and not ("Slurm" in launcher or SLURMEnvironment.detect()):
-        raise SweepError(
-            f"trainer.strategy={strategy} cannot run inside a sweep (-m): Lightning would start "
-            "the whole sweep again in each extra process. Run each setting as its own "
-            "`python -m mlp_lab.train trainer=ddp ...`, or sweep on a SLURM cluster with "
-            "hydra/launcher=slurm (tasks_per_node = devices)"
-        )
-
-
-# Where files are and how a run is carried out or watched, not what it computes: left out of the
-# settings that TensorBoard's HPARAMS tab compares and of the report's variant labels.
-LOGISTICS = (
-    "data.root",
-    "data.download",
-    "data.eval_batch_size",
-    "model.compile",
-    "trainer.accelerator",
-    "trainer.devices",
-    "trainer.strategy",
-    "trainer.num_nodes",
-    "trainer.enable_progress_bar",
-    "trainer.progress_bar_refresh_rate",
-    "trainer.enable_model_summary",
-    "trainer.num_sanity_val_steps",
-    "trainer.log_every_n_steps",
-    "trainer.fast_dev_run",
-    "trainer.profiler",
-    "trainer.detect_anomaly",
-    "callbacks.rich",
-    "num_threads",
-    "resume",
-    "ckpt_path",
-    "trial",
-    "logger",
-)
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """A nested config as dotted keys: {"model": {"hidden": ...}} → {"model.hidden": ...}."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def run_settings(cfg: TrainConfig, first: Sequence[str] = ()) -> dict[str, Any]:
-    """The settings that define a run, flat ("model/hidden"): the config less its logistics and
-    the options that its loss does not take; those under the keys `first` (a sweep's) lead."""
-    unused = {f"loss.{k}" for k in set(vars(cfg.loss)) - {"name", *cfg.loss.params()}}
-    settings = {
-        name: value
-        for name, value in flatten(asdict(cfg)).items()
-        if name not in LOGISTICS and name.split(".")[0] not in LOGISTICS and name not in unused
-    }
-    lead = [n for n in settings if any(n == k or n.startswith(f"{k}.") for k in first)]
-    return {name.replace(".", "/"): settings[name] for name in [*lead, *settings]}
-
-
-def load_config(*overrides: str) -> TrainConfig:
-    """The config that `python -m mlp_lab.train <overrides>` runs with."""
-    register()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return OmegaConf.to_object(compose(config_name="train", overrides=list(overrides)))
-
-
-def register() -> None:
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-    # Not "optuna": hydra-optuna-sweeper, which an older environment may still hold, has that name.
-    ConfigStore.instance().store(group="hydra/sweeper", name="mlp_lab", node=SweeperConfig)
-    # Hydra finds plugins by listing hydra_plugins' folders, which pip's default editable install
-    # hides: named here, they are found however mlp_lab is installed.
-    for plugin in (OptunaSweeper, LocalLauncher, SlurmLauncher):
-        Plugins.instance().register(plugin)

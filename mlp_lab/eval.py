@@ -13,7 +13,6 @@ import itertools
 import json
 import logging
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +22,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from mlp_lab import runs
+from mlp_lab import messages, runs
 from mlp_lab.cli import CONF_DIR, one_line_errors
 from mlp_lab.config import ConfigError, DataConfig
 from mlp_lab.runs import RunError
@@ -147,10 +146,7 @@ ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
 def main(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "ckpt"):
         raise SystemExit("error: give the checkpoint: ckpt=<run dir or .ckpt file>")
-    # A deprecation inside Lightning itself, and its hint to start a cluster job with srun, which
-    # a one-process evaluation never needs: noise in every evaluation.
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    warnings.filterwarnings("ignore", message="The `srun` command is available")
+    messages.quiet_lightning()
     # Lightning's lines (devices, tips), logged once it is imported: noise in a one-line command.
     logging.disable(logging.INFO)
     from mlp_lab.data import DataError

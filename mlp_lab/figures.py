@@ -1,7 +1,8 @@
 """Figures of one run: learning curves, predictions and the confusion matrix.
 
-Written by `mlp_lab.train` into the run directory and sent to its loggers; `mlp_lab.predict` draws
-its predictions and `mlp_lab.report` its studies with the same functions.
+Drawn by `mlp_lab.fit` into the run directory and sent to its loggers; `mlp_lab.predict` draws
+its predictions, `mlp_lab.eval` its confusion matrix and `mlp_lab.report` its studies with the
+same functions. Nothing here imports torch: the report draws without it.
 """
 
 from __future__ import annotations
@@ -9,14 +10,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import torch
+import numpy as np
 
 # Figure objects rather than pyplot: no global figure registry, no GUI backend, nothing to close.
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from torchmetrics.functional.classification import multiclass_confusion_matrix
-
-from mlp_lab.data import TensorBatches
 
 
 def plot_curves(history: list[dict], path: Path | None = None):
@@ -60,7 +58,7 @@ def plot_predictions(images, targets, preds, class_names, path: Path | None = No
 
 def plot_confusion(matrix, class_names, path: Path | None = None):
     """Counts of true class (rows) against predicted class (columns)."""
-    matrix = torch.as_tensor(matrix).cpu().numpy()
+    matrix = np.asarray(matrix)
     k = len(class_names)
     fig = Figure(figsize=(7, 6))
     ax = fig.subplots()
@@ -84,20 +82,3 @@ def save(fig, path: Path | None):
     if path is not None:
         fig.savefig(path, dpi=100)
     return fig
-
-
-def save_run_figures(module, dm, history, run_dir: Path, n: int = 12) -> dict[str, Figure]:
-    """curves.png, predictions.png and confusion.png in the run directory; the figures by name."""
-    x, y = dm.splits["test"]
-    module.eval()
-    with torch.no_grad():
-        batches = TensorBatches(x, y, dm.eval_batch_size)
-        preds = torch.cat([module(xb.to(module.device)).argmax(1).cpu() for xb, _ in batches])
-    x, y = x[:n].cpu(), y.cpu()
-    names = dm.class_names
-    matrix = multiclass_confusion_matrix(preds, y, len(names))
-    return {
-        "curves": plot_curves(history, run_dir / "curves.png"),
-        "predictions": plot_predictions(x, y[:n], preds[:n], names, run_dir / "predictions.png", n),
-        "confusion": plot_confusion(matrix, names, run_dir / "confusion.png"),
-    }

@@ -35,6 +35,8 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf, open_dict
 
 from mlp_lab import runs
+from mlp_lab.messages import squeue_forgot
+from mlp_lab.runs import Status
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,8 @@ class Ending:
     """How a job's process ended: what it sent back, or the signal or exit code it died of."""
 
     result: Any = None
-    died_of: str | None = None  # "SIGKILL", "out of memory", "exit code 3"
+    died_of: str | None = None  # "killed by SIGKILL", "out of memory (...)", "exited with code 3"
+    started: bool = True
 
 
 def _child(job: Callable[[], Any], threads: int, conn) -> None:
@@ -154,7 +157,7 @@ def run_jobs(jobs: Sequence[Callable[[], Any]], n_jobs: int, threads: int, start
                 oom_seen = _oom_kills()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return [e or Ending(died_of="not started") for e in endings]
+    return [e or Ending(started=False) for e in endings]
 
 
 def _death(exitcode: int | None, oom_seen: int | None) -> str:
@@ -165,29 +168,22 @@ def _death(exitcode: int | None, oom_seen: int | None) -> str:
     return f"exited with code {exitcode} without a result"
 
 
-def settle(run_dir: Path, ending: Ending) -> str:
-    """Write into a job's record what its end was when the job could not, and return its ending."""
+def settle(run_dir: Path, ending: Ending) -> Status:
+    """Write into a job's record how it ended, where the job could not, and return its ending."""
+    if not ending.started:
+        return Status.NOT_STARTED
     record = runs.earlier_record(run_dir)
-    status = record.get("status")
-    if ending.died_of is None and status not in (None, "running"):
-        return status
-    if ending.died_of is None and isinstance(ending.result, JobReturn):
-        if ending.result.status == JobStatus.COMPLETED:
-            return "completed" if status is None else status  # fast_dev_run writes no record
-        error = ending.result._return_value
-    else:
-        error = ending.result
-    if ending.died_of == "not started":
-        return "not started"
     if ending.died_of is not None:
-        done = len(record.get("history", []))
-        runs.record_error(run_dir, "killed", f"{ending.died_of} in epoch {done + 1}", dead=True)
-        return "killed"
+        runs.kill(run_dir, f"{ending.died_of} in epoch {len(record.get('history', [])) + 1}")
+        return Status.KILLED
+    result = ending.result
+    completed = isinstance(result, JobReturn) and result.status == JobStatus.COMPLETED
+    if completed or record.get("status", Status.RUNNING) != Status.RUNNING:
+        return runs.ending(run_dir)  # it wrote its own end (a fast_dev_run writes no record)
+    error = result._return_value if isinstance(result, JobReturn) else result
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if isinstance(error, MemoryError) or "can't allocate memory" in reason:
-        reason = f"out of memory ({reason})"
-    runs.record_error(run_dir, "failed", f"{type(error).__name__}: {reason}", dead=True)
-    return "failed"
+    runs.fail(run_dir, f"{type(error).__name__}: {reason}", seen_from_outside=True)
+    return Status.FAILED
 
 
 def returned(ending: Ending, overrides: Sequence[str], config, told: str) -> JobReturn:
@@ -200,11 +196,11 @@ def returned(ending: Ending, overrides: Sequence[str], config, told: str) -> Job
     return failed
 
 
-def end_of_sweep(config, told: list[str], sweep_dir: Path, returns: list[JobReturn]):
+def end_of_sweep(config, told: list[Status], sweep_dir: Path, returns: list[JobReturn]):
     """A sweep whose jobs did not all end well ends with its summary line; one that did has it
     printed by RunDirGuard.on_multirun_end. A search sums its trials up itself."""
     whole_sweep = "BasicSweeper" in config.hydra.sweeper._target_
-    if whole_sweep and any(e not in ("completed", "pruned") for e in told):
+    if whole_sweep and not all(e.ended for e in told):
         raise SweepIncomplete(runs.summary(told, sweep_dir))
     return returns
 
@@ -250,7 +246,7 @@ class LocalLauncher(Launcher):
             run_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
             told.append(settle(run_dir, ending))
             returns.append(returned(ending, job_overrides[index], config, told[-1]))
-            if ending.died_of is not None and ending.died_of != "not started":
+            if ending.died_of is not None:
                 log.error("#%d %s: %s", initial_job_idx + index, ending.died_of, run_dir)
         return end_of_sweep(self.config, told, sweep_dir, returns)
 
@@ -335,14 +331,14 @@ def _wait_for(job, run_dir: Path) -> Ending:
             text=True,
         )
         # squeue answers nothing for a job that has left the queue, or no longer knows its id.
-        gone = (queued.returncode == 0 and not queued.stdout.strip()) or (
-            "Invalid job id" in queued.stderr
+        gone = (queued.returncode == 0 and not queued.stdout.strip()) or squeue_forgot(
+            queued.stderr
         )
         if not gone:
             left_queue = None
         elif left_queue is None:
             left_queue = time.monotonic()
-        elif time.monotonic() - left_queue > RESULT_GRACE_S and not _beating(run_dir):
+        elif time.monotonic() - left_queue > RESULT_GRACE_S and not _running(run_dir):
             return Ending(
                 died_of=f"SLURM job {job.job_id} ended without a result (SIGKILL, out of memory "
                 "or a lost node)"
@@ -354,9 +350,8 @@ def _wait_for(job, run_dir: Path) -> Ending:
         return Ending(died_of=f"SLURM job {job.job_id}: {str(err).strip().splitlines()[0]}")
 
 
-def _beating(run_dir: Path) -> bool:
-    """Whether a run's record has a heartbeat younger than the grace a job has for its result."""
+def _running(run_dir: Path) -> bool:
+    """Whether a run's record says it runs: its process, or a heartbeat younger than the grace
+    a job has for its result."""
     record = runs.earlier_record(run_dir)
-    if record.get("status") != "running" or not record.get("parts"):
-        return False
-    return time.time() - record["parts"][-1]["heartbeat"] < RESULT_GRACE_S
+    return bool(record) and runs.status(record, RESULT_GRACE_S) is Status.RUNNING

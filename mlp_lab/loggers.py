@@ -1,28 +1,85 @@
-"""The run's loggers: built from the config, and what each is sent at the end of a run.
+"""The run's loggers: built from the config, the settings they show, and what each is sent at the
+end of a run.
 
 The run's own record stays metrics.json; the loggers are views of it for TensorBoard, a CSV table
-or MLflow (conf/logger/).
+or MLflow (conf/logger/). Lightning is imported by the functions that build and feed them, so that
+the report can read which settings define a run without it.
 """
 
 from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor
-from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
-from sqlalchemy.exc import SQLAlchemyError
+from mlp_lab.config import ConfigError, LoggerConfig, MLflowConfig, TrainConfig
 
-from mlp_lab.config import ConfigError, LoggerConfig, MLflowConfig
+if TYPE_CHECKING:
+    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.loggers import Logger, MLFlowLogger
 
 SQLITE = "sqlite:///"
+
+# Where files are and how a run is carried out or watched, not what it computes: left out of the
+# settings that TensorBoard's HPARAMS tab compares and of the report's variant labels.
+LOGISTICS = (
+    "data.root",
+    "data.download",
+    "data.eval_batch_size",
+    "model.compile",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.strategy",
+    "trainer.num_nodes",
+    "trainer.enable_progress_bar",
+    "trainer.progress_bar_refresh_rate",
+    "trainer.enable_model_summary",
+    "trainer.num_sanity_val_steps",
+    "trainer.log_every_n_steps",
+    "trainer.fast_dev_run",
+    "trainer.profiler",
+    "trainer.detect_anomaly",
+    "callbacks.rich",
+    "num_threads",
+    "resume",
+    "ckpt_path",
+    "trial",
+    "logger",
+)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config as dotted keys: {"model": {"hidden": ...}} → {"model.hidden": ...}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def run_settings(cfg: TrainConfig, first: Sequence[str] = ()) -> dict[str, Any]:
+    """The settings that define a run, flat ("model/hidden"): the config less its logistics and
+    the options that its loss does not take; those under the keys `first` (a sweep's) lead."""
+    unused = {f"loss.{k}" for k in set(vars(cfg.loss)) - {"name", *cfg.loss.params()}}
+    settings = {
+        name: value
+        for name, value in flatten(asdict(cfg)).items()
+        if name not in LOGISTICS and name.split(".")[0] not in LOGISTICS and name not in unused
+    }
+    lead = [n for n in settings if any(n == k or n.startswith(f"{k}.") for k in first)]
+    return {name.replace(".", "/"): settings[name] for name in [*lead, *settings]}
 
 
 def build(cfg: LoggerConfig, run_dir: Path) -> list[Logger]:
     """The Lightning loggers of a run in `run_dir`; an MLflow run is created here, before training,
     so that a store it cannot reach stops the run at once."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
     loggers: list[Logger] = []
     if cfg.tensorboard is not None:
         loggers.append(
@@ -38,6 +95,8 @@ def build(cfg: LoggerConfig, run_dir: Path) -> list[Logger]:
 
 def callbacks(loggers: list[Logger]) -> list[Callback]:
     """The learning rate per epoch, for the loggers; LearningRateMonitor refuses a run without."""
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
     return [LearningRateMonitor("epoch")] if loggers else []
 
 
@@ -47,6 +106,9 @@ def mlflow_logger(cfg: MLflowConfig, run_dir: Path) -> MLFlowLogger:
         import mlflow
     except ImportError:
         raise ConfigError("logger=mlflow needs MLflow: pip install 'mlp_lab[mlflow]'") from None
+    from lightning.pytorch.loggers import MLFlowLogger
+    from sqlalchemy.exc import SQLAlchemyError
+
     uri, artifacts = cfg.tracking_uri, None
     if uri.startswith(("http://", "https://")):
         check_reachable(uri)
@@ -98,6 +160,8 @@ def send_results(
     `settings` are run_settings ("model/hidden"), `finals` the final/* metrics, `figures` the
     run's matplotlib figures by name.
     """
+    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
+
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             # The HPARAMS tab compares a sweep's runs: the settings beside their final metrics.

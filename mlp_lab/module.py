@@ -12,14 +12,15 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mlp_lab.losses import build_loss
+from mlp_lab.messages import autograd_found_nan
 from mlp_lab.model import MLP
 
 STAGES = ("train", "val", "test")
 SECTIONS = ("model", "loss", "optimizer")  # the config sections a model is made of
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 SCHEDULES = ("none", "cosine", "onecycle")
-# The trainer settings this module's own optimisation step carries out: Lightning refuses them
-# under manual optimisation.
+# The trainer settings this module's own optimisation step carries out, which Lightning refuses
+# under manual optimisation: they travel here, not to the Trainer.
 STEP_SETTINGS = ("gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches")
 
 
@@ -105,7 +106,7 @@ class MLPClassifier(L.LightningModule):
         try:
             self.manual_backward(loss / k if k > 1 else loss)
         except RuntimeError as err:  # trainer.detect_anomaly names the operation that made a NaN
-            if "returned nan values" not in str(err):
+            if not autograd_found_nan(err):
                 raise
             raise TrainingDiverged(
                 f"{err} (anomaly detection, epoch {self.current_epoch + 1}): lower optimizer.lr "

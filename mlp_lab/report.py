@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import re
 import statistics
 import sys
@@ -21,15 +20,14 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-import torch
 import yaml
 from matplotlib.figure import Figure
 from scipy import stats
 
 from mlp_lab import runs
-from mlp_lab.config import LOGISTICS
+from mlp_lab.cluster import machine
 from mlp_lab.figures import save
-from mlp_lab.search import search_figures
+from mlp_lab.loggers import LOGISTICS
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +77,7 @@ def find_studies(dirs: list[Path]) -> list[Study]:
             except runs.RunError as err:
                 study.skipped[run_dir] = str(err)
                 continue
-            if record.get("status", "completed") == "completed":
+            if runs.status(record) is runs.Status.COMPLETED:
                 study.runs.append(Run(run_dir, record, overrides))
             else:
                 study.skipped[run_dir] = runs.describe(run_dir, record)
@@ -343,7 +341,7 @@ def write_report(dirs: list[Path], out: Path) -> Path:
         "# mlp_lab report",
         "",
         f"{n_runs} run{'s' * (n_runs != 1)} in {len(studies)} "
-        f"stud{'ies' if len(studies) != 1 else 'y'}, {date.today()}, on {_machine()}. "
+        f"stud{'ies' if len(studies) != 1 else 'y'}, {date.today()}, on {machine()}. "
         "Test accuracy is the checkpoint with the best validation accuracy; with several seeds, "
         "mean ± std. Each variant is compared with the best on best val accuracy, seed by seed "
         "where both have the seed: the mean difference and its 95 % t-interval, *better* or "
@@ -373,9 +371,42 @@ def write_report(dirs: list[Path], out: Path) -> Path:
     return report
 
 
-def _machine() -> str:
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{platform.machine()}, {torch.get_num_threads()} CPU threads, {device}"
+def search_figures(sweep_dir: Path, out: Path) -> list[str]:
+    """The search's optimisation history, parameter importances and per-epoch values as PNGs in
+    `out`; none when `sweep_dir` is no search's."""
+    if not (sweep_dir / runs.SEARCH_RECORD).is_file():
+        return []
+    # Optuna, and pyplot which its figures use, only for a report on a search.
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as plots
+
+    from mlp_lab.search import open_storage
+
+    record = yaml.safe_load((sweep_dir / runs.SEARCH_RECORD).read_text())
+    study = optuna.load_study(
+        study_name=record["study_name"], storage=open_storage(record["storage"])
+    )
+    names = []
+    # Optuna's plots ask for a font Debian's matplotlib lacks, and matplotlib says so each time.
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for name, plot in (
+            ("history", plots.plot_optimization_history),
+            ("importances", plots.plot_param_importances),
+            ("epochs", plots.plot_intermediate_values),
+        ):
+            try:
+                axes = plot(study)
+            except (ValueError, RuntimeError) as err:  # too few finished trials for this one
+                log.info("no %s figure for %s: %s", name, sweep_dir, err)
+                continue
+            path = out / f"{sweep_dir.name}_{name}.png"
+            axes.figure.savefig(path, dpi=100, bbox_inches="tight")
+            plt.close(axes.figure)
+            names.append(path.name)
+    return names
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,10 +15,9 @@ from pathlib import Path
 import yaml
 
 from mlp_lab import launcher, runs
+from mlp_lab.runs import Status
 
 log = logging.getLogger(__name__)
-
-ENDED = ("completed", "pruned")
 
 
 def unfinished(folder: Path) -> tuple[list[Path], list[str]]:
@@ -27,9 +26,10 @@ def unfinished(folder: Path) -> tuple[list[Path], list[str]]:
     for run_dir in runs.find_runs(folder):
         record = runs.earlier_record(run_dir)
         config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text()) or {}
-        if record.get("status") in ENDED or config.get("trainer", {}).get("fast_dev_run"):
+        now = runs.status(record) if record else None  # none: it died before it wrote one
+        if (now and now.ended) or config.get("trainer", {}).get("fast_dev_run"):
             continue
-        if runs.alive(record):
+        if now is Status.RUNNING:
             left.append(f"{run_dir}: {runs.describe(run_dir, record)}")
         elif (config.get("trial") or {}).get("number") is not None:
             left.append(f"{run_dir}: a search's trial, which the search settles when it runs again")
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     told = [launcher.settle(d, e) for d, e in zip(todo, endings, strict=True)]
     line = runs.summary(told, args.folder)
     print(line)
-    return 0 if all(t in ENDED for t in told) else 1
+    return 0 if all(t.ended for t in told) else 1
 
 
 if __name__ == "__main__":

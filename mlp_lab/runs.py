@@ -1,16 +1,20 @@
-"""The run directory: its record, its checkpoints, and finding runs under a folder.
+"""A run's directory and its life: the record, its status and how it moves, checkpoints, resuming.
 
 outputs/runs/<time>/        a run (a sweep's: outputs/multirun/<time>/<n>/)
     metrics.json            the record: status, config, per-epoch history, results
     checkpoints/            the best val/acc checkpoint, and last.ckpt to resume from
     .hydra/                 the composed config and the overrides (a resume's: .hydra/resumed_*)
-    tensorboard/, *.png     the logs (conf/logger/: csv/ too) and figures (mlp_lab.figures)
+    tensorboard/, *.png     the logs (conf/logger/: csv/ too) and figures
+
+A run's status moves only here: `start` (a part begins), `add_epoch`, then `finish`, `fail`,
+`interrupt` or `kill`, each with its why. `status` is the one judge of what a run is now.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import enum
 import itertools
 import json
 import os
@@ -34,10 +38,28 @@ if TYPE_CHECKING:
 
 RECORD = "metrics.json"
 CHECKPOINTS = "checkpoints"
+SEARCH_RECORD = "search.yaml"  # in a search's sweep directory: which study its trials belong to
 MONITOR = "val/acc"
 # A run on another host is taken for dead when its heartbeat (written after every epoch) is older
 # than this, or than three of its longest epochs; on this host its process is looked up instead.
 STALE_AFTER_S = 600
+
+
+class Status(enum.StrEnum):
+    """Where a run is in its life; its record keeps the value. In the order summaries count them."""
+
+    COMPLETED = "completed"
+    PRUNED = "pruned"  # stopped early by its search's pruner
+    FAILED = "failed"
+    KILLED = "killed"  # its process died (SIGKILL, out of memory, a lost node)
+    INTERRUPTED = "interrupted"  # stopped by a signal after saving its epochs
+    NOT_STARTED = "not started"  # a sweep's job its launcher never started: no record
+    RUNNING = "running"
+
+    @property
+    def ended(self) -> bool:
+        """Nothing left to do: completed, or pruned by its search."""
+        return self in (Status.COMPLETED, Status.PRUNED)
 
 
 class RunError(RuntimeError):
@@ -62,6 +84,178 @@ def read_record(run_dir: Path) -> dict:
         raise RunError(f"no {RECORD}: crashed or still running") from None
     except (OSError, ValueError) as err:
         raise RunError(f"corrupt {RECORD} ({err})") from None
+
+
+def earlier_record(run_dir: Path) -> dict:
+    """A run's record, or an empty one when it has none that can be read."""
+    try:
+        return read_record(run_dir)
+    except RunError:
+        return {}
+
+
+def _process_start(pid: int) -> str | None:
+    """When process `pid` started, in clock ticks after boot: tells it from a later same pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def new_part(started: float) -> dict:
+    """This process's part of a run, started at `started` (time.time()): who runs it, and its
+    heartbeat."""
+    pid = os.getpid()
+    part = {"host": socket.gethostname(), "pid": pid, "process_start": _process_start(pid)}
+    part.update(started=started, heartbeat=time.time())
+    if slurm_job():
+        part["slurm_job"] = slurm_job()
+    return part
+
+
+def part_alive(part: dict, stale_after: float = STALE_AFTER_S) -> bool:
+    """Whether a part's process still runs: on this host its pid says, elsewhere its heartbeat."""
+    if part["host"] != socket.gethostname():
+        return time.time() - part["heartbeat"] < stale_after
+    if part["process_start"] is None:  # no /proc: the pid alone
+        try:
+            os.kill(part["pid"], 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return _process_start(part["pid"]) == part["process_start"]
+
+
+def status(record: dict, stale_after: float | None = None) -> Status:
+    """What a run is now: its record's status, but killed when it says running and its process is
+    gone. A record without a status (a job that records nothing: fast_dev_run) completed."""
+    said = Status(record.get("status", Status.COMPLETED))
+    if said is not Status.RUNNING:
+        return said
+    longest = max((e["epoch_time_s"] for e in record.get("history", [])), default=0.0)
+    stale_after = stale_after or max(STALE_AFTER_S, 3 * longest)
+    alive = bool(record.get("parts")) and part_alive(record["parts"][-1], stale_after)
+    return Status.RUNNING if alive else Status.KILLED
+
+
+def ending(run_dir: Path) -> Status:
+    """What became of the run in `run_dir`, from its record (none: it recorded nothing)."""
+    return status(earlier_record(run_dir))
+
+
+def start(run_dir: Path, config: dict, params: int, started: float, resumed: bool) -> dict:
+    """A part of the run begins, its first start or a resume: running, in this process."""
+    earlier = earlier_record(run_dir) if resumed else {}
+    record = {"status": Status.RUNNING, "config": config, "params": params}
+    record["history"] = earlier.get("history", [])
+    record["parts"] = [*earlier.get("parts", []), new_part(started)]
+    write_record(run_dir, record)
+    return record
+
+
+def add_epoch(run_dir: Path, record: dict, history: list[dict]) -> None:
+    """An epoch ended: the history so far, and a heartbeat."""
+    record["parts"][-1]["heartbeat"] = time.time()
+    record.update(epochs=len(history), history=history)
+    write_record(run_dir, record)
+
+
+def finish(run_dir: Path, record: dict, pruned: bool, times: dict, **results) -> dict:
+    """The run ended its epochs and was tested: completed, or pruned by its search. `times`: this
+    part's wall_time_s and fit_time_s; `results`: test_acc, test_loss, checkpoint, ..."""
+    history = record["history"]
+    best = max(history, key=lambda e: e["val_acc"])
+    record["parts"][-1].update(times)
+    record.update(
+        status=Status.PRUNED if pruned else Status.COMPLETED,
+        epochs=len(history),
+        best_val_acc=best["val_acc"],
+        best_epoch=best["epoch"],
+        mean_epoch_time_s=sum(e["epoch_time_s"] for e in history) / len(history),
+        **results,
+        **total_times(record["parts"]),
+    )
+    write_record(run_dir, record)
+    return record
+
+
+def _end(run_dir: Path, why: str, to: Status, seen_from_outside: bool) -> None:
+    record = earlier_record(run_dir)
+    parts = record.get("parts", [])
+    own = bool(parts) and (parts[-1]["host"], parts[-1]["pid"]) == (
+        socket.gethostname(),
+        os.getpid(),
+    )
+    if parts and not own and not seen_from_outside:
+        return  # a resume that never started: the run's own record stays as it was
+    if parts:
+        parts[-1]["ended"] = time.time()
+    write_record(run_dir, {**record, "status": to, "error": why})
+
+
+def fail(run_dir: Path, why: str, seen_from_outside: bool = False) -> None:
+    """The run stopped on an error; its history stays. `seen_from_outside`: its launcher says so."""
+    _end(run_dir, why, Status.FAILED, seen_from_outside)
+
+
+def interrupt(run_dir: Path, why: str) -> None:
+    """A signal stopped the run once its completed epochs were saved."""
+    _end(run_dir, why, Status.INTERRUPTED, seen_from_outside=False)
+
+
+def kill(run_dir: Path, why: str) -> None:
+    """The run's process died (its launcher saw it end): SIGKILL, out of memory, a lost node."""
+    _end(run_dir, why, Status.KILLED, seen_from_outside=True)
+
+
+def part_times(part: dict) -> tuple[float, float]:
+    """A part's wall and fit seconds; a killed part's count up to its last heartbeat."""
+    end = part.get("ended", part["heartbeat"])
+    fit = part.get("fit_time_s", end - part.get("fit_started", end))
+    return part.get("wall_time_s", end - part["started"]), fit
+
+
+def total_times(parts: list[dict]) -> dict[str, float]:
+    """Wall and fit seconds added up over a run's parts: its first start and every resume."""
+    times = [part_times(part) for part in parts]
+    return {"wall_time_s": sum(w for w, _ in times), "fit_time_s": sum(f for _, f in times)}
+
+
+def resume_command(path: Path | str) -> str:
+    """The one command that continues what stopped: a run in place, or every run under a folder."""
+    if is_run_dir(path):
+        return f"python -m mlp_lab.train resume={path}"
+    return f"python -m mlp_lab.resume {path}"
+
+
+def describe(run_dir: Path, record: dict) -> str:
+    """What became of a run, in one line."""
+    now, done = status(record), len(record.get("history", []))
+    if now is Status.COMPLETED:
+        return f"completed, {done} epochs"
+    if now is Status.PRUNED:
+        return f"pruned after {done} epoch{'s' * (done != 1)} by its search"
+    if now is Status.RUNNING:
+        part = record["parts"][-1]
+        return f"running: {done} epochs so far (pid {part['pid']} on {part['host']})"
+    if now is Status.KILLED:  # its launcher says why; else its process was found gone
+        why = record.get("error") if record.get("status") == now else None
+        return f"{why or f'killed in epoch {done + 1}'}: resume with `{resume_command(run_dir)}`"
+    return f"{now}: {record.get('error') or f'{done} epochs so far'}"
+
+
+def summary(endings: list[Status], folder: Path, noun: str = "run") -> str:
+    """One line: how many runs ended how, and the command to go on with."""
+    counts = collections.Counter(endings)
+    told = ", ".join(f"{counts[s]} {s}" for s in Status if counts[s])
+    n = len(endings)
+    stopped = {Status.KILLED, Status.INTERRUPTED, Status.RUNNING} & set(endings)
+    if noun == "run" and stopped:  # a search's trials are settled by the search
+        then = f"resume with: {resume_command(folder)}"
+    else:
+        then = f"report: python -m mlp_lab.report {folder}"
+    return f"{n} {noun}{'s' if n != 1 else ''}: {told} ({then})"
 
 
 def is_run_dir(path: str | Path | None) -> bool:
@@ -127,112 +321,24 @@ def release_unused(used: Path) -> None:
                 os.rmdir(path)
 
 
-def _run_dir(resume: str | None, parent: str) -> str:
-    # A wrong resume= gets a new directory, where mlp_lab.train records the error, rather than
-    # Hydra creating the mistyped path.
-    return resume if is_run_dir(resume) else new_dir(parent)
-
-
-def _output_subdir(resume: str | None, now: str) -> str:
-    # A resumed run keeps the Hydra record of its first start and files its own beside it.
-    return f".hydra/resumed_{now}" if is_run_dir(resume) else ".hydra"
-
-
 def register_resolvers() -> None:
     """The resolvers conf/ uses to give each run and sweep a directory of its own."""
     # Cached: one directory per command, however often Hydra reads the setting; the cache travels
-    # with the config to a sweep's job processes.
+    # with the config to a sweep's job processes. A wrong resume= gets a new directory, where
+    # mlp_lab.train records the error, rather than Hydra creating the mistyped path; a resumed run
+    # keeps the Hydra record of its first start and files its own beside it.
     OmegaConf.register_new_resolver("new_dir", new_dir, replace=True, use_cache=True)
-    OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True, use_cache=True)
-    OmegaConf.register_new_resolver("output_subdir", _output_subdir, replace=True)
-
-
-def _process_start(pid: int) -> str | None:
-    """When process `pid` started, in clock ticks after boot: tells it from a later same pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def new_part(started: float) -> dict:
-    """This process's part of a run, started at `started` (time.time()): who runs it, and its
-    heartbeat."""
-    now = time.time()
-    pid = os.getpid()
-    part = {
-        "host": socket.gethostname(),
-        "pid": pid,
-        "process_start": _process_start(pid),
-        "started": started,
-        "heartbeat": now,
-    }
-    job = slurm_job()
-    if job:
-        part["slurm_job"] = job
-    return part
-
-
-def part_times(part: dict) -> tuple[float, float]:
-    """A part's wall and fit seconds; a killed part's count up to its last heartbeat."""
-    end = part.get("ended", part["heartbeat"])
-    fit = part.get("fit_time_s", end - part.get("fit_started", end))
-    return part.get("wall_time_s", end - part["started"]), fit
-
-
-def total_times(parts: list[dict]) -> dict[str, float]:
-    """Wall and fit seconds added up over a run's parts: its first start and every resume."""
-    times = [part_times(part) for part in parts]
-    return {"wall_time_s": sum(w for w, _ in times), "fit_time_s": sum(f for _, f in times)}
-
-
-def alive(record: dict) -> bool:
-    """Whether a "running" record's process is still going."""
-    if record.get("status") != "running" or not record.get("parts"):
-        return False
-    part = record["parts"][-1]
-    if part["host"] == socket.gethostname():
-        if part["process_start"] is None:  # no /proc: the pid alone
-            try:
-                os.kill(part["pid"], 0)
-            except ProcessLookupError:
-                return False
-            return True
-        return _process_start(part["pid"]) == part["process_start"]
-    longest = max((e["epoch_time_s"] for e in record.get("history", [])), default=0.0)
-    return time.time() - part["heartbeat"] < max(STALE_AFTER_S, 3 * longest)
-
-
-def describe(run_dir: Path, record: dict) -> str:
-    """What became of a run, in one line."""
-    status, done = record.get("status"), len(record.get("history", []))
-    if status == "completed":
-        return f"completed, {done} epochs"
-    if status == "pruned":
-        return f"pruned after {done} epoch{'s' * (done != 1)} by its search"
-    if status == "running" and alive(record):
-        part = record["parts"][-1]
-        return f"running: {done} epochs so far (pid {part['pid']} on {part['host']})"
-    if status == "running":
-        return f"killed in epoch {done + 1}: resume with `python -m mlp_lab.train resume={run_dir}`"
-    if status == "killed":  # marked by its launcher, which saw it die
-        return f"{record.get('error')}: resume with `python -m mlp_lab.resume {run_dir}`"
-    return f"{status}: {record.get('error') or f'{done} epochs so far'}"
-
-
-def summary(endings: list[str], folder: Path, noun: str = "run") -> str:
-    """One line: how many runs ended how, and the command to go on with."""
-    counts = collections.Counter(endings)
-    order = ["completed", "pruned", "failed", "killed", "interrupted", "not started"]
-    order += sorted(set(counts) - set(order))
-    told = ", ".join(f"{counts[e]} {e}" for e in order if counts[e])
-    n = len(endings)
-    if noun == "run" and {"killed", "interrupted", "running"} & set(endings):  # not a search's
-        then = f"resume with: python -m mlp_lab.resume {folder}"
-    else:
-        then = f"report: python -m mlp_lab.report {folder}"
-    return f"{n} {noun}{'s' if n != 1 else ''}: {told} ({then})"
+    OmegaConf.register_new_resolver(
+        "run_dir",
+        lambda resume, parent: resume if is_run_dir(resume) else new_dir(parent),
+        replace=True,
+        use_cache=True,
+    )
+    OmegaConf.register_new_resolver(
+        "output_subdir",
+        lambda resume, now: f".hydra/resumed_{now}" if is_run_dir(resume) else ".hydra",
+        replace=True,
+    )
 
 
 class RunDirGuard(Callback):
@@ -243,33 +349,23 @@ class RunDirGuard(Callback):
             return
         run_dir = Path(config.hydra.run.dir)
         release_unused(run_dir)
-        try:
-            record = read_record(run_dir)
-        except RunError:
+        record = earlier_record(run_dir)
+        if not record:
             return
         resume = config.get("resume")
-        if resume and Path(resume).resolve() == run_dir.resolve():
-            if alive(record):
-                part = record["parts"][-1]
-                raise SystemExit(
-                    f"error: resume={resume}: the run is still going (pid {part['pid']} on "
-                    f"{part['host']}, last heartbeat {time.time() - part['heartbeat']:.0f} s "
-                    "ago); stop it first, or wait for it"
-                )
-            return
-        raise SystemExit(
-            f"error: hydra.run.dir={run_dir} already holds a run ({describe(run_dir, record)}): "
-            f"continue it with resume={run_dir}, or leave hydra.run.dir out for a new directory"
-        )
-
-    def on_multirun_end(self, config, **kwargs):
-        # A search sums its trials up itself; a launcher whose jobs did not all end well, too.
-        if "BasicSweeper" not in config.hydra.sweeper._target_:
-            return
-        sweep = Path(config.hydra.sweep.dir)
-        # A job with no record and no error (a fast_dev_run) completed.
-        ended = [earlier_record(run).get("status", "completed") for run in find_runs(sweep)]
-        print(summary(ended, sweep))
+        if not (resume and Path(resume).resolve() == run_dir.resolve()):
+            raise SystemExit(
+                f"error: hydra.run.dir={run_dir} already holds a run ({describe(run_dir, record)})"
+                f": continue it with resume={run_dir}, or leave hydra.run.dir out for a new "
+                "directory"
+            )
+        if status(record) is Status.RUNNING:
+            part = record["parts"][-1]
+            raise SystemExit(
+                f"error: resume={resume}: the run is still going (pid {part['pid']} on "
+                f"{part['host']}, last heartbeat {time.time() - part['heartbeat']:.0f} s "
+                "ago); stop it first, or wait for it"
+            )
 
     def on_multirun_start(self, config, **kwargs):
         sweep = Path(config.hydra.sweep.dir)
@@ -280,6 +376,12 @@ class RunDirGuard(Callback):
                 f"error: hydra.sweep.dir={sweep} already holds {len(taken)} runs: give a new "
                 "directory, or leave hydra.sweep.dir out for a new one"
             )
+
+    def on_multirun_end(self, config, **kwargs):
+        # A search sums its trials up itself; a launcher whose jobs did not all end well, too.
+        if "BasicSweeper" in config.hydra.sweeper._target_:
+            sweep = Path(config.hydra.sweep.dir)
+            print(summary([ending(run) for run in find_runs(sweep)], sweep))
 
 
 def resumed_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
@@ -295,11 +397,8 @@ def resumed_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
     if "logger" not in saved_cfg:  # saved before conf/logger/, when every run used TensorBoard
         saved_cfg.logger = {"tensorboard": {}}
     try:
-        cfg = OmegaConf.merge(
-            OmegaConf.structured(TrainConfig),
-            saved_cfg,
-            OmegaConf.from_dotlist(changes),
-        )
+        changed = OmegaConf.from_dotlist(changes)
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved_cfg, changed)
     except OmegaConfBaseException as err:
         raise ConfigError(
             f"resume: {' '.join(changes)} cannot change the saved config of {run_dir} "
@@ -313,14 +412,6 @@ def resumed_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
 def last_checkpoint(run_dir: Path | str) -> Path:
     """The checkpoint of a run's latest completed epoch, which `resume=` continues from."""
     return Path(run_dir) / CHECKPOINTS / "last.ckpt"
-
-
-def earlier_record(run_dir: Path) -> dict:
-    """A run's record, or an empty one when it has none that can be read."""
-    try:
-        return read_record(run_dir)
-    except RunError:
-        return {}
 
 
 def checkpoint_file(path: Path | str) -> Path:
@@ -351,9 +442,8 @@ def load_model(path: Path | str) -> MLPClassifier:
 
     path = checkpoint_file(path)
     try:
-        hparams = torch.load(path, map_location="cpu", weights_only=False).get(
-            "hyper_parameters", {}
-        )
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        hparams = checkpoint.get("hyper_parameters", {})
     except Exception as err:  # pickle, zip and torch errors alike: not a checkpoint we can read
         raise RunError(f"{path} is not a checkpoint: {err}") from None
     if "hidden" in hparams:  # settings kept flat, before they travelled as config sections
@@ -374,16 +464,3 @@ def discard_unused(run_dir: Path) -> bool:
         return False
     shutil.rmtree(run_dir)
     return True
-
-
-def record_error(run_dir: Path, status: str, error: str, dead: bool = False) -> None:
-    """Mark this process's run failed or interrupted in its record, keeping the history it has;
-    with `dead`, a run whose process died (its launcher saw it end)."""
-    record = earlier_record(run_dir)
-    parts = record.get("parts", [])
-    owner = (socket.gethostname(), os.getpid())
-    if parts and not dead and (parts[-1]["host"], parts[-1]["pid"]) != owner:
-        return  # a resume that never started: the run's own record stays as it was
-    if parts:
-        parts[-1]["ended"] = time.time()
-    write_record(run_dir, {**record, "status": status, "error": error})

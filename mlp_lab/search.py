@@ -17,11 +17,9 @@ import os
 import socket
 import time
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import optuna
 import yaml
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
@@ -35,13 +33,13 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from mlp_lab import runs
 from mlp_lab.cluster import submitit_launcher
-from mlp_lab.config import ConfigError, PrunerConfig, SweeperConfig, TrialConfig, flatten
+from mlp_lab.config import ConfigError, PrunerConfig, SweeperConfig, TrialConfig
+from mlp_lab.runs import Status
 
 log = logging.getLogger(__name__)
 
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
 DIRECTIONS = ("maximize", "minimize")
-SEARCH_RECORD = "search.yaml"  # in the sweep directory: which study its trials belong to
 
 
 def _fail(message: str) -> SystemExit:
@@ -174,7 +172,7 @@ class OptunaSweeper(Sweeper):
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")  # as Hydra's own sweepers
         record = {"storage": self.cfg.storage, "study_name": self.cfg.study_name}
-        (self.sweep_dir / SEARCH_RECORD).write_text(yaml.safe_dump(record))
+        (self.sweep_dir / runs.SEARCH_RECORD).write_text(yaml.safe_dump(record))
         # Each worker claims trial slots until n_trials are taken: none runs more than its share
         # of a batch, and none waits for another.
         slots = self.sweep_dir / ".slots"
@@ -211,8 +209,7 @@ class OptunaSweeper(Sweeper):
             results = {"best_params": best.params, "best_value": best.value}
             (self.sweep_dir / "optimization_results.yaml").write_text(yaml.safe_dump(results))
         trials = [d for d in runs.find_runs(self.sweep_dir) if ".workers" not in d.parts]
-        ended = [runs.earlier_record(d).get("status", "failed") for d in trials]
-        print(runs.summary(ended, self.sweep_dir, noun="trial"))
+        print(runs.summary([runs.ending(d) for d in trials], self.sweep_dir, noun="trial"))
 
     def _work(self, worker: int, space: dict, fixed: list[str], slots: Path, launcher) -> None:
         study = self._study(worker)
@@ -225,15 +222,12 @@ class OptunaSweeper(Sweeper):
             trial.set_user_attr("worker", runs.new_part(time.time()))
             run_dir = self.sweep_dir / str(trial.number)
             trial.set_user_attr("run_dir", str(run_dir))
-            reference = TrialConfig(
-                storage=self.cfg.storage,
-                study_name=self.cfg.study_name,
-                number=trial.number,
-                pruner=PrunerConfig(**self.cfg.pruner),
-            )
+            # The run's trial section: where it reports its epochs (TrialConfig).
+            reference = {"storage": self.cfg.storage, "study_name": self.cfg.study_name}
+            reference.update({f"pruner.{k}": v for k, v in self.cfg.pruner.items()})
+            reference["number"] = trial.number
             overrides = [f"{k}={v}" for k, v in trial.params.items()] + fixed
-            trial_settings = flatten(asdict(reference), "trial.").items()
-            overrides += [f"{k}={'null' if v is None else v}" for k, v in trial_settings]
+            overrides += [f"trial.{k}={'null' if v is None else v}" for k, v in reference.items()]
             launcher.launch([overrides], initial_job_idx=trial.number)
             tell(study, trial.number, run_dir)
 
@@ -250,12 +244,12 @@ def _array_task(sweeper: OptunaSweeper, space: dict, fixed: list[str], slots: Pa
 
 
 def tell(study: optuna.Study, number: int, run_dir: Path) -> None:
-    """Tell the study what became of a trial, from its run's record."""
+    """Tell the study what became of a trial, from its run's record (none: it failed)."""
     record = runs.earlier_record(run_dir)
-    status = record.get("status")
-    if status == "completed":
+    ended = runs.status(record) if record else Status.FAILED
+    if ended is Status.COMPLETED:
         study.tell(number, record["best_val_acc"])
-    elif status == "pruned":
+    elif ended is Status.PRUNED:
         study.tell(number, state=optuna.trial.TrialState.PRUNED)
     else:
         study.tell(number, state=optuna.trial.TrialState.FAIL)
@@ -268,12 +262,10 @@ def fail_dead_trials(study: optuna.Study) -> None:
         run_dir = Path(trial.user_attrs.get("run_dir", ""))
         record = runs.earlier_record(run_dir) if run_dir.name else {}
         worker = trial.user_attrs.get("worker")
-        if record.get("status") == "running":
-            dead = not runs.alive(record)  # its process, or its heartbeat from another host
-        elif record:
-            dead = True  # finished, but its worker never told the study
+        if record:  # dead, or finished but never told to the study by its worker
+            dead = runs.status(record) is not Status.RUNNING
         elif worker and worker["host"] == socket.gethostname():
-            dead = not runs.alive({"status": "running", "parts": [worker]})
+            dead = not runs.part_alive(worker)
         else:
             dead = False  # no record yet, on another host: it may be starting
         if dead:
@@ -281,63 +273,14 @@ def fail_dead_trials(study: optuna.Study) -> None:
             tell(study, trial.number, run_dir)
 
 
-class TrialReport(L.Callback):
-    """Reports val/acc after every epoch to the trial, and stops the run when the pruner says so."""
-
-    def __init__(self, cfg: TrialConfig):
-        study = optuna.load_study(
-            study_name=cfg.study_name,
-            storage=open_storage(cfg.storage),
-            pruner=build_pruner(cfg.pruner),
-        )
-        # Optuna has no public lookup of a trial by its number from another process.
-        storage = study._storage
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, cfg.number)
-        self.trial = optuna.trial.Trial(study, trial_id)
-        self.pruned = False
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        # Validation has run: its val/acc is logged. Stopping here still saves the epoch.
-        if trainer.sanity_checking or "val/acc" not in trainer.callback_metrics:
-            return
-        epoch = trainer.current_epoch + 1
-        self.trial.report(float(trainer.callback_metrics["val/acc"]), epoch)
-        # A trial at its last epoch has nothing left to save: it completes.
-        if epoch < trainer.max_epochs and self.trial.should_prune():
-            self.pruned = True
-            trainer.should_stop = True
-
-
-def search_figures(sweep_dir: Path, out: Path) -> list[str]:
-    """The search's optimisation history, parameter importances and per-epoch values as PNGs in
-    `out`; none when `sweep_dir` is no search's."""
-    if not (sweep_dir / SEARCH_RECORD).is_file():
-        return []
-    record = yaml.safe_load((sweep_dir / SEARCH_RECORD).read_text())
+def open_trial(cfg: TrialConfig) -> optuna.Trial:
+    """The trial a run of a search reports to (its number in `cfg`), from the run's own process."""
     study = optuna.load_study(
-        study_name=record["study_name"], storage=open_storage(record["storage"])
+        study_name=cfg.study_name,
+        storage=open_storage(cfg.storage),
+        pruner=build_pruner(cfg.pruner),
     )
-    # pyplot, which these use, only when a report needs it.
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as plots
-
-    names = []
-    # Optuna's plots ask for a font Debian's matplotlib lacks, and matplotlib says so each time.
-    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        for name, plot in (
-            ("history", plots.plot_optimization_history),
-            ("importances", plots.plot_param_importances),
-            ("epochs", plots.plot_intermediate_values),
-        ):
-            try:
-                axes = plot(study)
-            except (ValueError, RuntimeError) as err:  # too few finished trials for this one
-                log.info("no %s figure for %s: %s", name, sweep_dir, err)
-                continue
-            path = out / f"{sweep_dir.name}_{name}.png"
-            axes.figure.savefig(path, dpi=100, bbox_inches="tight")
-            plt.close(axes.figure)
-            names.append(path.name)
-    return names
+    # Optuna has no public lookup of a trial by its number from another process.
+    storage = study._storage
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, cfg.number)
+    return optuna.trial.Trial(study, trial_id)

@@ -4,34 +4,78 @@ python -m mlp_lab.train                         # the lab's baseline on Fashion-
 python -m mlp_lab.train data=mnist optimizer.lr=0.05
 python -m mlp_lab.train -m model.hidden=[256],[256,256]   # a sweep
 
-This is the command line: Hydra composes the config and this file checks it, before torch and
-Lightning are imported (mlp_lab.fit trains), so `--help` and a mistake answer at once.
+This is the command line: the schemas and mlp_lab's Hydra plugins are registered here, Hydra
+composes the config and this file checks it, before torch and Lightning are imported
+(mlp_lab.fit trains), so `--help` and a mistake answer at once.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import warnings
 from pathlib import Path
 from typing import NoReturn
 
 import hydra
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mlp_lab import cluster, runs
+from hydra_plugins.mlp_lab_launcher import LocalLauncher, SlurmLauncher
+from hydra_plugins.mlp_lab_sweeper import OptunaSweeper
+from mlp_lab import cluster, messages, runs
 from mlp_lab.cli import CONF_DIR, one_line_errors
-from mlp_lab.config import ConfigError, SweepError, TrainConfig, check_sweep, register
+from mlp_lab.config import ConfigError, SweeperConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
 
 class JobFailed(CompactHydraException):
     """One job of a sweep failed; Hydra prints only this message once the other jobs are done."""
+
+
+class SweepError(ConfigError):
+    """A setting that no job of a sweep could run with: the whole sweep stops."""
+
+
+def register() -> None:
+    """The schemas and mlp_lab's sweeper and launchers, before Hydra composes anything."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    # Not "optuna": hydra-optuna-sweeper, which an older environment may still hold, has that name.
+    ConfigStore.instance().store(group="hydra/sweeper", name="mlp_lab", node=SweeperConfig)
+    # Hydra finds plugins by listing hydra_plugins' folders, which pip's default editable install
+    # hides: named here, they are found however mlp_lab is installed.
+    for plugin in (OptunaSweeper, LocalLauncher, SlurmLauncher):
+        Plugins.instance().register(plugin)
+
+
+def load_config(*overrides: str) -> TrainConfig:
+    """The checked config that `python -m mlp_lab.train <overrides>` runs with (tests and
+    benchmarks build runs from it)."""
+    with hydra.initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return OmegaConf.to_object(hydra.compose(config_name="train", overrides=list(overrides)))
+
+
+def check_sweep(strategy: str, launcher: str) -> None:
+    """Refuse DDP inside a sweep unless SLURM starts its processes."""
+    # Lightning's DDP starts each extra process by running this command line again, which inside
+    # a sweep would start the whole sweep again; under SLURM every task is already a process of
+    # its own and nothing is re-run.
+    if not strategy.startswith("ddp") or "Slurm" in launcher:
+        return
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if not SLURMEnvironment.detect():
+        raise SweepError(
+            f"trainer.strategy={strategy} cannot run inside a sweep (-m): Lightning would start "
+            "the whole sweep again in each extra process. Run each setting as its own "
+            "`python -m mlp_lab.train trainer=ddp ...`, or sweep on a SLURM cluster with "
+            "hydra/launcher=slurm (tasks_per_node = devices)"
+        )
 
 
 def leading_keys() -> list[str]:
@@ -49,17 +93,16 @@ def leading_keys() -> list[str]:
     return keys + list(hydra_cfg.sweeper.get("params") or {})
 
 
-def stop(
-    err: Exception, run_dir: Path, multirun: bool, rank: int, interrupted: bool = False
-) -> NoReturn:
+def stop(err: Exception, run_dir: Path, multirun: bool, interrupted: bool = False) -> NoReturn:
     """End the run with `err` as one line: a config refused before any work leaves no directory;
     a run that started keeps its record, marked failed or interrupted."""
     message = f"{'stopped' if interrupted else 'error'}: {err}"
+    rank_zero = cluster.process_rank() == 0
     refused = isinstance(err, ConfigError) and not multirun
-    if refused and rank == 0 and runs.discard_unused(run_dir):
+    if refused and rank_zero and runs.discard_unused(run_dir):
         raise SystemExit(message) from None
-    if rank == 0:
-        runs.record_error(run_dir, "interrupted" if interrupted else "failed", str(err))
+    if rank_zero:
+        (runs.interrupt if interrupted else runs.fail)(run_dir, str(err))
     # The sweep's other jobs go on; Ctrl-C or SIGTERM stops a sweep too, unless it stopped one
     # job of a cluster's (scancel, its time limit).
     on_cluster = cluster.submitit_launcher(str(HydraConfig.get().launcher.get("_target_")))
@@ -69,34 +112,32 @@ def stop(
     raise SystemExit(message) from None
 
 
+def checked(cfg: DictConfig, hydra_cfg) -> TrainConfig:
+    """The composed config as the schema's objects, values checked; a resume's saved config."""
+    config = OmegaConf.to_object(cfg)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        check_sweep(str(config.trainer.strategy), str(hydra_cfg.launcher.get("_target_")))
+    if config.resume:
+        config = runs.resumed_config(Path(config.resume), list(hydra_cfg.overrides.task))
+    return config
+
+
 @one_line_errors("mlp_lab.train", TrainConfig)
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     """Entry point; returns the best validation accuracy for Hydra's sweepers."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    # Lightning's advertisement, a deprecation inside Lightning itself, and its hint to start a
-    # run with srun wherever SLURM is installed (hydra/launcher=slurm does): noise in every run.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: "Tip:" not in record.getMessage()
-    )
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    warnings.filterwarnings("ignore", message="The `srun` command is available")
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        config = OmegaConf.to_object(cfg)
-        if multirun:
-            check_sweep(str(config.trainer.strategy), str(hydra_cfg.launcher.get("_target_")))
-        if config.resume:
-            config = runs.resumed_config(Path(config.resume), list(hydra_cfg.overrides.task))
+        config = checked(cfg, hydra_cfg)
     except SweepError as err:  # no job of this sweep could run: stop it here
         raise SystemExit(f"error: {err}") from None
     except ConfigError as err:
-        stop(err, run_dir, multirun, cluster.process_rank())
+        stop(err, run_dir, multirun)
 
     # Imported once the config is accepted: a refused one answers without torch and Lightning.
-    from lightning.pytorch.utilities import rank_zero_only
-
+    messages.quiet_lightning()
     from mlp_lab import fit
 
     # Lightning, imported after Hydra set up logging, keeps a console handler of its own beside
@@ -104,37 +145,36 @@ def main(cfg: DictConfig) -> float:
     logging.getLogger("lightning").handlers.clear()
     try:
         with cluster.stop_before_time_limit():
-            try:
-                record = fit.train(config, run_dir, leading_keys())
-            except (MemoryError, RuntimeError) as err:
-                if fit.OutOfMemory.of(err) is None:
-                    raise
-                raise fit.OutOfMemory.of(err) from None
+            record = fit.train(config, run_dir, leading_keys())
     except (ConfigError, *fit.STOPS) as err:
-        interrupted = isinstance(err, fit.RunInterrupted)
-        stop(err, run_dir, multirun, rank_zero_only.rank, interrupted)
-    if record["status"] == "fast_dev_run":
+        stop(err, run_dir, multirun, isinstance(err, fit.RunInterrupted))
+    if config.trainer.fast_dev_run:
         print(
             f"fast_dev_run passed: one batch of each split; test_acc={record['test_acc']:.4f} "
             f"test_loss={record['test_loss']:.4f} (nothing recorded)"
         )
-    elif rank_zero_only.rank == 0:
-        stopped = record.get("stopped_early")
-        early = f"stopped early at epoch {stopped['epoch']} " if stopped else ""
-        if record["status"] == "pruned":
-            early = f"pruned by its search after epoch {record['epochs']} "
-        print(
-            f"test_acc={record['test_acc']:.4f} best_val_acc={record['best_val_acc']:.4f} "
-            f"(epoch {record['best_epoch']}) params={record['params']:,} "
-            f"wall={record['wall_time_s']:.1f}s "
-            f"{early}run={run_dir}"
-        )
+    elif record:  # under DDP, rank 0 alone reports
+        print(last_line(record, run_dir))
     return record.get("best_val_acc", math.nan)
+
+
+def last_line(record: dict, run_dir: Path) -> str:
+    """The command's answer: the run's scores, size, time, how it stopped, and where it is."""
+    early = ""
+    if record.get("stopped_early"):
+        early = f"stopped early at epoch {record['stopped_early']['epoch']} "
+    if runs.status(record) is runs.Status.PRUNED:
+        early = f"pruned by its search after epoch {record['epochs']} "
+    return (
+        f"test_acc={record['test_acc']:.4f} best_val_acc={record['best_val_acc']:.4f} "
+        f"(epoch {record['best_epoch']}) params={record['params']:,} "
+        f"wall={record['wall_time_s']:.1f}s {early}run={run_dir}"
+    )
 
 
 register()
 runs.register_resolvers()
-logging.getLogger("submitit").addFilter(cluster.AccountingMissing())
+logging.getLogger("submitit").addFilter(messages.AccountingMissing())
 
 if __name__ == "__main__":
     main()

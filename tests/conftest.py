@@ -1,10 +1,8 @@
 """Shared helpers: tiny synthetic IDX datasets, the real data root, config overrides that shrink a
-run, a quiet Trainer, a model built from the config, and the command-line runner."""
+run, a quiet Trainer, a model built from the config; commands.py runs the commands."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -12,8 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import mlp_lab.train  # noqa: F401  (registers the resolvers of conf/train.yaml)
-from mlp_lab.config import load_config
 from mlp_lab.data import (
     IMAGE_MAGIC,
     LABEL_MAGIC,
@@ -23,6 +19,7 @@ from mlp_lab.data import (
     idx_files,
 )
 from mlp_lab.module import MLPClassifier
+from mlp_lab.train import load_config
 
 CONF_DIR = str(PROJECT_DIR / "conf")
 # A dataset's facts as MNISTDataModule.facts gives them, for models built without data.
@@ -113,12 +110,6 @@ def quiet_trainer(**kwargs) -> L.Trainer:
 def classifier(*overrides: str) -> MLPClassifier:
     """The model that `python -m mlp_lab.train <overrides>` would train, for a dataset of FACTS."""
     return MLPClassifier.from_config(load_config(*overrides), FACTS)
-
-
-def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
-    """`python -m module args...` from the project directory, output captured."""
-    command = [sys.executable, "-m", module, *args]
-    return subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_DIR)
 
 
 def assert_checkpoint_scores(run: Path, record: dict, root: Path) -> None:

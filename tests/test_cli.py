@@ -5,7 +5,7 @@ import sys
 import warnings
 
 import pytest
-from conftest import run_module
+from commands import run_module
 
 import mlp_lab.predict
 import mlp_lab.train

@@ -5,7 +5,8 @@ import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ValidationError
 
-from mlp_lab.config import ConfigError, SweepError, check_sweep, load_config
+from mlp_lab.config import ConfigError
+from mlp_lab.train import SweepError, check_sweep, load_config
 
 
 def test_default_config_is_the_lab_baseline():

@@ -11,9 +11,9 @@ import torchvision
 from conftest import classifier, fast_overrides, quiet_trainer, synthetic_images, write_idx
 
 from mlp_lab import data
-from mlp_lab.config import load_config
 from mlp_lab.data import DataError, MNISTDataModule, TensorBatches, check_idx, fetch, idx_files
 from mlp_lab.fit import train
+from mlp_lab.train import load_config
 
 
 def test_idx_files_parse_to_the_written_pixels_and_labels(synthetic_root):

@@ -2,13 +2,13 @@ import json
 
 import pytest
 import torch
-from conftest import run_module
+from commands import run_module
 from torch import nn
 
 from benchmarks.epoch_speed import epoch_flops
 from benchmarks.variants import VARIANTS, build_plain
-from mlp_lab.config import load_config
 from mlp_lab.fit import build
+from mlp_lab.train import load_config
 
 
 def test_epoch_flops_match_a_hand_count():
@@ -50,7 +50,7 @@ def test_quick_run_times_every_variant_and_writes_json_and_markdown(real_data_ro
         assert figures["peak_fraction"] > 0 and 0 <= figures["val_acc"] <= 1
         assert variant["rss_mb"] > 0
     assert summary["variants"]["d"]["worker_rss_mb"] > 0  # the lab's pipeline runs workers
-    assert set(summary["ratios"]["256"]) == {"a_over_c", "d_over_a"}
+    assert set(summary["ratios"]["256"]) == {"a_over_c", "d_over_a", "e_over_a"}
     # The same table in the terminal and in results.md, under the command and the machine.
     report = out.with_suffix(".md").read_text()
     assert report in done.stdout

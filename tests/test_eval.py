@@ -2,23 +2,23 @@ import json
 
 import pytest
 import torch
+from commands import run_module
 from conftest import (
     CONF_DIR,
     FACTS,
     fast_overrides,
     quiet_trainer,
-    run_module,
     synthetic_images,
     write_idx,
 )
 from hydra import compose, initialize_config_dir
 
-from mlp_lab.config import load_config
 from mlp_lab.data import MNISTDataModule, idx_files
 from mlp_lab.eval import run, save
 from mlp_lab.fit import train
 from mlp_lab.module import MLPClassifier
 from mlp_lab.runs import load_model
+from mlp_lab.train import load_config
 
 
 def evaluate(*overrides: str):

@@ -1,7 +1,7 @@
 import re
 
 import pytest
-from conftest import run_module
+from commands import run_module
 
 from mlp_lab.data import PROJECT_DIR
 

@@ -3,40 +3,25 @@ that job's alone, and one command finishes what was killed."""
 
 import contextlib
 import fcntl
+import functools
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import fast_overrides, run_module
+from commands import Command, run_module
+from conftest import fast_overrides
 
 from mlp_lab import resume, runs
-from mlp_lab.data import PROJECT_DIR
 
 
-def start_sweep(root: Path, sweep: Path, *args: str, **options) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "mlp_lab.train",
-        "-m",
-        "hydra/launcher=local",
-        f"hydra.sweep.dir={sweep}",
-        *fast_overrides(root, *args),
-    ]
-    return subprocess.Popen(
-        command,
-        cwd=PROJECT_DIR,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **options,
-    )
+def start_sweep(root: Path, sweep: Path, *args: str, **options) -> Command:
+    sweep_args = ["-m", "hydra/launcher=local", f"hydra.sweep.dir={sweep}"]
+    return Command("mlp_lab.train", *sweep_args, *fast_overrides(root, *args), **options)
 
 
 def weights(run_dir: Path) -> dict:
@@ -72,7 +57,7 @@ def test_a_killed_job_is_its_own_and_resume_finishes_it_as_if_never_killed(
     assert killed["status"] == "killed", killed
     assert killed["error"].startswith("killed by SIGKILL in epoch ")
     assert runs.describe(sweep / "1", killed).endswith(
-        f"resume with `python -m mlp_lab.resume {sweep / '1'}`"
+        f"resume with `python -m mlp_lab.train resume={sweep / '1'}`"
     )
     others = [runs.read_record(sweep / str(n)) for n in (0, 2, 3, 4, 5)]
     assert [r["status"] for r in others] == ["completed"] * 5
@@ -91,6 +76,10 @@ def test_a_killed_job_is_its_own_and_resume_finishes_it_as_if_never_killed(
 
     assert resume.main([str(sweep)]) == 0
     assert capsys.readouterr().out.strip() == f"nothing to resume under {sweep}"
+
+
+def enter_group(group: Path) -> None:
+    (group / "cgroup.procs").write_text(str(os.getpid()))
 
 
 def memory_cgroup(limit_bytes: int) -> Path | None:
@@ -125,9 +114,6 @@ def test_a_job_the_kernel_kills_for_memory_says_so_and_the_others_complete(
         pytest.skip("no memory cgroup can be made here (needs root and a cgroup filesystem)")
     sweep = tmp_path / "sweep"
 
-    def enter_group():
-        (group / "cgroup.procs").write_text(str(os.getpid()))
-
     try:
         process = start_sweep(
             synthetic_root,
@@ -135,7 +121,7 @@ def test_a_job_the_kernel_kills_for_memory_says_so_and_the_others_complete(
             "model.hidden=[32],[20000,20000],[32]",
             "hydra.launcher.n_jobs=2",
             "trainer.max_epochs=1",
-            preexec_fn=enter_group,
+            setup=functools.partial(enter_group, group),
         )
         out, err = process.communicate(timeout=300)
     finally:

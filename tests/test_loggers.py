@@ -19,13 +19,16 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from conftest import fast_overrides, run_module
+from commands import run_module
+from conftest import fast_overrides
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from mlp_lab import loggers, runs
-from mlp_lab.config import ConfigError, load_config, run_settings
+from mlp_lab.config import ConfigError
 from mlp_lab.fit import train
+from mlp_lab.loggers import run_settings
+from mlp_lab.train import load_config
 
 FIGURES = {"curves.png", "predictions.png", "confusion.png"}
 

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from conftest import quiet
 
-from mlp_lab.config import load_config
 from mlp_lab.losses import LOSSES, build_loss
 from mlp_lab.model import MLP
+from mlp_lab.train import load_config
 
 
 @pytest.fixture

@@ -3,13 +3,14 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import quiet, run_module
+from commands import run_module
+from conftest import quiet
 from PIL import Image, ImageDraw
 
-from mlp_lab.config import load_config
 from mlp_lab.data import load_split
 from mlp_lab.predict import PredictError, predict_images, prepare_image
 from mlp_lab.runs import load_model
+from mlp_lab.train import load_config
 
 
 def save_png(path, array):

@@ -4,10 +4,10 @@ import statistics
 
 import pytest
 import yaml
-from conftest import quiet, run_module
+from commands import run_module
+from conftest import quiet
 from scipy import stats
 
-from mlp_lab.config import load_config
 from mlp_lab.data import PROJECT_DIR
 from mlp_lab.report import (
     Run,
@@ -22,6 +22,7 @@ from mlp_lab.report import (
     variants,
     write_report,
 )
+from mlp_lab.train import load_config
 
 
 def fake_run(

@@ -3,21 +3,20 @@ import os
 import random
 import signal
 import socket
-import subprocess
-import sys
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import classifier, fast_overrides, quiet_trainer, run_module
+from commands import Command, run_module
+from conftest import classifier, fast_overrides, quiet_trainer
 
 from mlp_lab import runs
 from mlp_lab.data import PROJECT_DIR, MNISTDataModule
 from mlp_lab.module import MLPClassifier
 from mlp_lab.report import find_studies
-from mlp_lab.runs import RunError, load_model
+from mlp_lab.runs import RunError, Status, load_model
 
 
 def test_a_checkpoint_that_is_not_mlp_labs_is_refused(tmp_path):
@@ -72,16 +71,15 @@ def test_record_round_trips_and_a_corrupt_one_is_named(tmp_path):
         runs.read_record(tmp_path / "elsewhere")
 
 
+def write_records(run_dir: Path) -> None:
+    for i in range(100_000):
+        runs.write_record(run_dir, {"n": i, "history": [{"epoch": e} for e in range(200)]})
+
+
 def test_a_reader_never_sees_half_a_record(tmp_path):
     # A writer process replaces the record as fast as it can while this process reads it.
-    code = (
-        "import sys\n"
-        "from mlp_lab.runs import write_record\n"
-        "for i in range(100_000):\n"
-        "    write_record(sys.argv[1], {'n': i, 'history': [{'epoch': e} for e in range(200)]})\n"
-    )
     runs.write_record(tmp_path, {"n": -1})
-    writer = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)])
+    writer = Command(write_records, tmp_path)
     seen, deadline = set(), time.monotonic() + 60
     try:
         while len(seen) < 200 and time.monotonic() < deadline:
@@ -101,17 +99,15 @@ def test_runs_are_found_in_launch_order_and_overrides_read(tmp_path):
     assert runs.overrides(tmp_path / "1") == {}
 
 
+def claim_at(parent: str, start_at: float) -> None:
+    time.sleep(max(0.0, start_at - time.time()))
+    print(runs.new_dir(parent))
+
+
 def test_commands_started_in_the_same_second_claim_a_directory_each(tmp_path):
     # Eight processes wait for the same moment, then each claims a directory under one parent.
-    start_at = time.time() + 3
-    code = (
-        "import sys, time\n"
-        "from mlp_lab.runs import new_dir\n"
-        "time.sleep(max(0, float(sys.argv[2]) - time.time()))\n"
-        "print(new_dir(sys.argv[1]))\n"
-    )
-    command = [sys.executable, "-c", code, str(tmp_path / "runs"), str(start_at)]
-    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(8)]
+    start_at = time.time() + 1
+    procs = [Command(claim_at, str(tmp_path / "runs"), start_at) for _ in range(8)]
     claimed = [proc.communicate(timeout=60)[0].strip() for proc in procs]
     assert len(set(claimed)) == 8 and all(Path(path).is_dir() for path in claimed)
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(
@@ -131,20 +127,28 @@ def test_a_taken_name_gives_the_next_one(tmp_path, monkeypatch):
 
 
 def test_a_record_of_a_dead_process_is_reported_killed(tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra/config.yaml").write_text("seed: 1\n")
     part = runs.new_part(time.time())
     record = {"status": "running", "history": [{"epoch": 1, "epoch_time_s": 2.0}], "parts": [part]}
-    assert runs.alive(record)  # this very process
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert runs.status(record) is Status.RUNNING  # this very process
+    dead = Command(time.sleep, 0)
     dead.wait()
     record["parts"] = [{**part, "pid": dead.pid, "process_start": "1"}]
-    assert not runs.alive(record)
+    assert runs.status(record) is Status.KILLED
     assert runs.describe(tmp_path, record) == (
         f"killed in epoch 2: resume with `python -m mlp_lab.train resume={tmp_path}`"
     )
+    # Its launcher's word, why included, makes the same line with the same command.
+    said = {**record, "status": "killed", "error": "killed by SIGKILL in epoch 2"}
+    assert runs.describe(tmp_path, said) == (
+        f"killed by SIGKILL in epoch 2: resume with `python -m mlp_lab.train resume={tmp_path}`"
+    )
     # On another host only the heartbeat tells: ten minutes without one is a dead run.
     elsewhere = {**part, "host": "elsewhere", "heartbeat": time.time() - 601}
-    assert not runs.alive({**record, "parts": [elsewhere]})
-    assert runs.alive({**record, "parts": [{**elsewhere, "heartbeat": time.time() - 60}]})
+    assert runs.status({**record, "parts": [elsewhere]}) is Status.KILLED
+    alive = {**record, "parts": [{**elsewhere, "heartbeat": time.time() - 60}]}
+    assert runs.status(alive) is Status.RUNNING
 
 
 def test_times_add_up_over_the_parts_of_a_run():
@@ -160,8 +164,7 @@ def test_times_add_up_over_the_parts_of_a_run():
 
 
 def _start(cwd, *args):
-    command = [sys.executable, "-m", "mlp_lab.train", *args]
-    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return Command("mlp_lab.train", *args, cwd=cwd)
 
 
 def test_runs_started_together_each_keep_their_own_directory(synthetic_root, tmp_path):
@@ -170,7 +173,8 @@ def test_runs_started_together_each_keep_their_own_directory(synthetic_root, tmp
         for seed in range(4)
     ]
     for proc in procs:
-        assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+        err = proc.communicate(timeout=300)[1]
+        assert proc.returncode == 0, err[-2000:]
     run_dirs = runs.find_runs(tmp_path / "outputs/runs")
     records = {run: runs.read_record(run) for run in run_dirs}
     assert sorted(r["config"]["seed"] for r in records.values()) == [0, 1, 2, 3]
@@ -197,7 +201,8 @@ def test_sweeps_started_together_each_keep_their_own_directory(synthetic_root, t
     args = ["-m", "seed=1,2", *fast_overrides(synthetic_root, "trainer.max_epochs=1")]
     procs = [_start(tmp_path, *args) for _ in range(2)]
     for proc in procs:
-        assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+        err = proc.communicate(timeout=300)[1]
+        assert proc.returncode == 0, err[-2000:]
     sweeps = sorted((tmp_path / "outputs/multirun").iterdir())
     assert len(sweeps) == 2
     for sweep in sweeps:
@@ -269,12 +274,13 @@ def test_sigkill_anywhere_then_resume_ends_as_an_uninterrupted_run(synthetic_roo
         if record["status"] == "completed":  # it finished just before the kill
             break
         kills += 1
-        assert record["status"] == "running" and not runs.alive(record)
+        assert record["status"] == "running" and runs.status(record) is Status.KILLED
         (study,) = find_studies([killed])
         assert study.skipped[killed].startswith("killed in epoch ")
         proc = _start(PROJECT_DIR, f"resume={killed}")
     else:
-        assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+        err = proc.communicate(timeout=300)[1]
+        assert proc.returncode == 0, err[-2000:]
 
     record, reference = runs.read_record(killed), runs.read_record(whole)
     assert record["status"] == "completed"

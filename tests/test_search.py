@@ -9,10 +9,10 @@ import urllib.request
 
 import optuna
 import pytest
-from conftest import fast_overrides, run_module
+from commands import Command, run_module
+from conftest import fast_overrides
 
 from mlp_lab import runs
-from mlp_lab.data import PROJECT_DIR
 from mlp_lab.report import find_studies, write_report
 from mlp_lab.search import open_storage
 
@@ -161,9 +161,10 @@ def test_a_killed_workers_trial_is_failed_when_the_search_starts_again(synthetic
     storage = f"sqlite:///{tmp_path}/s.db"
     args = ["hydra.sweeper.pruner.name=none"]
     slow = fast_overrides(synthetic_root, "trainer.max_epochs=500", "data.batch_size=4")
-    command = [sys.executable, "-m", "mlp_lab.train"]
-    command += search(storage, tmp_path / "first", "hydra.sweeper.n_trials=2", *args, *slow)
-    proc = subprocess.Popen(command, cwd=PROJECT_DIR, stderr=subprocess.DEVNULL)
+    proc = Command(
+        "mlp_lab.train",
+        *search(storage, tmp_path / "first", "hydra.sweeper.n_trials=2", *args, *slow),
+    )
     record = tmp_path / "first/0/metrics.json"
     deadline = time.monotonic() + 120
     while not record.is_file() and time.monotonic() < deadline:

@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from conftest import run_module
+from commands import run_module
 
 from benchmarks.search_speed import SEARCHES
 

@@ -2,17 +2,16 @@
 
 import re
 import subprocess
-import sys
 import time
 import uuid
 
 import optuna
 import pytest
-from conftest import assert_checkpoint_scores, fast_overrides, quiet, run_module
+from commands import Command, run_module
+from conftest import assert_checkpoint_scores, fast_overrides, quiet
 from slurm_cluster import SlurmCluster, unavailable
 
 from mlp_lab import runs
-from mlp_lab.data import PROJECT_DIR
 from mlp_lab.search import open_storage
 
 State = optuna.trial.TrialState
@@ -39,11 +38,11 @@ def cluster(tmp_path_factory):
 
 def submit(cluster, *args, wait=True):
     """`python -m mlp_lab.train` on this machine, its jobs sent to the cluster."""
-    command = [sys.executable, "-m", "mlp_lab.train", *args, *SLURM]  # -m first
-    options = {"cwd": PROJECT_DIR, "env": cluster.env, "text": True}
+    command = Command("mlp_lab.train", *args, *SLURM, env=cluster.env)  # -m first
     if not wait:
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **options)
-    return subprocess.run(command, capture_output=True, timeout=600, **options)
+        return command
+    out, err = command.communicate(timeout=600)
+    return subprocess.CompletedProcess(command.args, command.returncode, out, err)
 
 
 def test_a_sweep_runs_each_job_through_slurm_and_records_its_job_id(

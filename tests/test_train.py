@@ -1,8 +1,6 @@
 import json
 import re
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import asdict
 
@@ -10,16 +8,18 @@ import optuna
 import pytest
 import torch
 import yaml
-from conftest import assert_checkpoint_scores, fast_overrides, quiet, run_module
+from commands import Command, run_module
+from conftest import assert_checkpoint_scores, fast_overrides, quiet
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from mlp_lab.config import ConfigError, load_config
-from mlp_lab.data import PROJECT_DIR, idx_files, load_split
+from mlp_lab.config import ConfigError
+from mlp_lab.data import idx_files, load_split
 from mlp_lab.fit import train
 from mlp_lab.module import MLPClassifier, TrainingDiverged
 from mlp_lab.report import find_studies
 from mlp_lab.runs import resumed_config
+from mlp_lab.train import load_config
 
 RECORD_KEYS = {
     "status",
@@ -213,8 +213,7 @@ def test_sigterm_then_resume_ends_as_an_uninterrupted_run(synthetic_root, tmp_pa
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     assert run_module("mlp_lab.train", *overrides, f"hydra.run.dir={whole}").returncode == 0
 
-    command = [sys.executable, "-m", "mlp_lab.train", *overrides, f"hydra.run.dir={stopped}"]
-    proc = subprocess.Popen(command, cwd=PROJECT_DIR, stderr=subprocess.PIPE, text=True)
+    proc = Command("mlp_lab.train", *overrides, f"hydra.run.dir={stopped}")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         metrics = stopped / "metrics.json"

@@ -1,5 +1,5 @@
 import pytest
-from conftest import run_module
+from commands import run_module
 
 from mlp_lab.xor import XORConfig, XORNet, interact, solves, train_xor, truth_table
 
@@ -52,15 +52,8 @@ def test_cli_predicts_one_answer_and_stops_interaction_on_q():
 
 
 def test_cli_interactive_flag_reads_stdin():
-    import subprocess
-    import sys
-
-    from mlp_lab.data import PROJECT_DIR
-
-    command = [sys.executable, "-m", "mlp_lab.xor", "--interactive", f"xor.hidden={ALWAYS}"]
-    result = subprocess.run(
-        command, input="1\n1\nq\n", capture_output=True, text=True, cwd=PROJECT_DIR
-    )
+    interactive = ("--interactive", f"xor.hidden={ALWAYS}")
+    result = run_module("mlp_lab.xor", *interactive, stdin="1\n1\nq\n")
     assert result.returncode == 0, result.stderr
     assert "prediction: 0" in result.stdout and result.stdout.rstrip().endswith("bye")
 

@@ -1,0 +1,99 @@
+"""The package's structure, read from its source: no import circle, a run's status named in one
+module, the report light to import, functions a reader finishes."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from mlp_lab.data import PROJECT_DIR
+from mlp_lab.runs import Status
+
+PACKAGES = ("mlp_lab", "hydra_plugins", "benchmarks")
+SOURCES = {
+    ".".join(path.relative_to(PROJECT_DIR).with_suffix("").parts).removesuffix(".__init__"): path
+    for package in PACKAGES
+    for path in sorted((PROJECT_DIR / package).rglob("*.py"))
+}
+
+
+def imported(module: str, path: Path) -> set[str]:
+    """The project's modules that `module` imports anywhere in its file, in functions too."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            base = node.module
+            names = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in SOURCES else base for a in node.names
+            ]
+        else:
+            continue
+        found |= {name for name in names if name in SOURCES and name != module}
+    return found
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import circle, as the path that closes it (a depth-first search's back edges)."""
+    found, state = [], dict.fromkeys(graph, "new")
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state[nxt] == "open":
+                found.append([*path[path.index(nxt) :], nxt])
+            elif state[nxt] == "new":
+                visit(nxt, [*path, nxt])
+        state[node] = "done"
+
+    for node in graph:
+        if state[node] == "new":
+            visit(node, [node])
+    return found
+
+
+def test_the_walk_finds_deferred_imports_and_circles():
+    graph = {m: imported(m, p) for m, p in SOURCES.items()}
+    # mlp_lab.config imports mlp_lab.data only inside a check, hydra_plugins' launcher
+    # mlp_lab.launcher only inside its class: both are seen.
+    assert "mlp_lab.data" in graph["mlp_lab.config"]
+    assert "mlp_lab.launcher" in graph["hydra_plugins.mlp_lab_launcher"]
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+
+
+def test_no_import_circle_among_the_packages():
+    graph = {m: imported(m, p) for m, p in SOURCES.items()}
+    assert circles(graph) == []
+
+
+def test_a_runs_status_is_written_in_runs_py_alone():
+    words = {str(s) for s in Status}
+    found = []
+    for module, path in SOURCES.items():
+        if module == "mlp_lab.runs" or not module.startswith(("mlp_lab", "hydra_plugins")):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in words:
+                found.append(f"{path.name}:{node.lineno} {node.value!r}")
+    assert found == []
+
+
+def test_no_function_is_longer_than_a_reader_finishes():
+    long = []
+    for module, path in SOURCES.items():
+        if not module.startswith(("mlp_lab", "hydra_plugins")):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 60:
+                    long.append(f"{module}.{node.name}: {lines} lines")
+    assert long == []
+
+
+def test_the_report_imports_neither_optuna_nor_lightning():
+    # A fresh interpreter: this one has imported both.
+    code = "import mlp_lab.report, sys; print('optuna' in sys.modules, 'lightning' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.split() == ["False", "False"], result.stderr
