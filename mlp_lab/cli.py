@@ -13,7 +13,7 @@ import functools
 import os
 import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
@@ -26,37 +26,29 @@ _PACKAGE = Path(__file__).resolve().parent
 CONF_DIR = str(next((d for d in (_PACKAGE / "conf",) if d.is_dir()), _PACKAGE.parent / "conf"))
 
 
-def setting_names(schema: type, prefix: str = "") -> list[str]:
-    """Every dotted key of a dataclass schema, nested sections (optional ones too) expanded."""
-    names = []
-    hints = typing.get_type_hints(schema)
-    for field in dataclasses.fields(schema):
-        hint = hints[field.name]
-        nested = [t for t in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(t)]
-        if nested:
-            names += setting_names(nested[0], f"{prefix}{field.name}.")
-        else:
-            names.append(f"{prefix}{field.name}")
-    return names
-
-
-def optional_sections(schema: type, prefix: str = "") -> list[str]:
-    """The dotted keys of a schema's sections that may be null (off until an option sets them)."""
-    found = []
+def schema_keys(schema: type, prefix: str = "") -> Iterator[tuple[str, bool]]:
+    """Every dotted key of a dataclass schema, nested sections expanded, each with whether it is
+    a section that may be null (off until an option sets it)."""
     hints = typing.get_type_hints(schema)
     for field in dataclasses.fields(schema):
         hint, key = hints[field.name], f"{prefix}{field.name}"
-        nested = [t for t in typing.get_args(hint) if dataclasses.is_dataclass(t)]
-        if nested and type(None) in typing.get_args(hint):
-            found.append(key)
-        elif dataclasses.is_dataclass(hint):
-            found += optional_sections(hint, f"{key}.")
-    return found
+        nested = [t for t in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(t)]
+        if nested:
+            if type(None) in typing.get_args(hint):
+                yield key, True
+            yield from schema_keys(nested[0], f"{key}.")
+        else:
+            yield key, False
+
+
+def setting_names(schema: type) -> list[str]:
+    """Every setting of a schema as a dotted key."""
+    return [key for key, section in schema_keys(schema) if not section]
 
 
 def setting_in_a_section_that_is_off(overrides: list[str], schema: type) -> str | None:
     """The first override that sets a key inside a section left null, with the option to select."""
-    sections = optional_sections(schema)
+    sections = [key for key, section in schema_keys(schema) if section]
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         for section in sections:

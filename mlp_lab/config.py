@@ -169,8 +169,7 @@ CLIP_ALGORITHMS = ("norm", "value")
 
 @dataclass
 class TrainerConfig:
-    """Passed to `lightning.Trainer` as keyword arguments, but for the three its module's own
-    optimisation step takes (mlp_lab.module.STEP_SETTINGS) and the progress bar's rate."""
+    """Passed to `lightning.Trainer` as keyword arguments, all but the progress bar's rate."""
 
     max_epochs: int = 10
     accelerator: str = "auto"  # auto, cpu, gpu (cuda) or mps; trainer=gpu, mps, cpu set it
@@ -196,10 +195,8 @@ class TrainerConfig:
     overfit_batches: float = 0.0  # an int count of batches, or a fraction of them
     profiler: str | None = None  # simple, advanced or pytorch
     detect_anomaly: bool = False
-    # Carried out by the module's own optimisation step (MLPClassifier), since
-    # Lightning does neither under manual optimisation: clip the gradients' norm (or each value)
-    # to gradient_clip_val before every step; add up the gradients of accumulate_grad_batches
-    # batches for each step.
+    # Clip the gradients' norm (or each value) to gradient_clip_val before every step; add up
+    # the gradients of accumulate_grad_batches batches for each step.
     gradient_clip_val: float | None = None
     gradient_clip_algorithm: str = "norm"
     accumulate_grad_batches: int = 1

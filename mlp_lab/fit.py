@@ -24,8 +24,8 @@ from mlp_lab.callbacks import TrialReport
 from mlp_lab.config import ConfigError, TrainConfig
 from mlp_lab.data import DataError, MNISTDataModule, TensorBatches
 from mlp_lab.figures import plot_confusion, plot_curves, plot_predictions
-from mlp_lab.messages import out_of_memory
-from mlp_lab.module import STEP_SETTINGS, MLPClassifier, TrainingDiverged
+from mlp_lab.messages import autograd_found_nan, out_of_memory
+from mlp_lab.module import MLPClassifier, TrainingDiverged
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +116,10 @@ def build(cfg: TrainConfig) -> tuple[MNISTDataModule, MLPClassifier]:
 
 
 def trainer_arguments(cfg: TrainConfig, run_dir: Path) -> dict:
-    """`lightning.Trainer`'s keyword arguments: the trainer section, less what the module's own
-    step and the progress bar take; its profile goes to the run directory (fit-profile.txt, ...)."""
-    taken = (*STEP_SETTINGS, "progress_bar_refresh_rate")
-    args = {k: v for k, v in asdict(cfg.trainer).items() if k not in taken}
+    """`lightning.Trainer`'s keyword arguments: the trainer section, less the progress bar's rate;
+    its profile goes to the run directory (fit-profile.txt, ...)."""
+    args = asdict(cfg.trainer)
+    del args["progress_bar_refresh_rate"]
     if cfg.trainer.profiler:
         args["profiler"] = PROFILERS[cfg.trainer.profiler](dirpath=run_dir, filename="profile")
     return {**args, "default_root_dir": run_dir}
@@ -177,6 +177,13 @@ def fit(trainer, module, dm, start_from: Path | None, run_dir: Path) -> float:
             f"{reason + ': ' if reason else ''}"
             f"interrupted in epoch {done + 1}: {done} completed epochs are saved in "
             f"{runs.last_checkpoint(run_dir)}; continue with `{runs.resume_command(run_dir)}`"
+        ) from None
+    except RuntimeError as err:  # trainer.detect_anomaly names the operation that made a NaN
+        if not autograd_found_nan(err):
+            raise
+        raise TrainingDiverged(
+            f"{err} (anomaly detection, epoch {trainer.current_epoch + 1}): lower optimizer.lr "
+            "or change the loss"
         ) from None
     return time.perf_counter() - fit_start
 

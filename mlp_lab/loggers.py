@@ -26,28 +26,12 @@ SQLITE = "sqlite:///"
 # Where files are and how a run is carried out or watched, not what it computes: left out of the
 # settings that TensorBoard's HPARAMS tab compares and of the report's variant labels.
 LOGISTICS = (
-    "data.root",
-    "data.download",
-    "data.eval_batch_size",
-    "model.compile",
-    "trainer.accelerator",
-    "trainer.devices",
-    "trainer.strategy",
-    "trainer.num_nodes",
-    "trainer.enable_progress_bar",
-    "trainer.progress_bar_refresh_rate",
-    "trainer.enable_model_summary",
-    "trainer.num_sanity_val_steps",
-    "trainer.log_every_n_steps",
-    "trainer.fast_dev_run",
-    "trainer.profiler",
-    "trainer.detect_anomaly",
-    "callbacks.rich",
-    "num_threads",
-    "resume",
-    "ckpt_path",
-    "trial",
-    "logger",
+    *("data.root", "data.download", "data.eval_batch_size", "model.compile", "callbacks.rich"),
+    *("num_threads", "resume", "ckpt_path", "trial", "logger"),
+    *(f"trainer.{key}" for key in ("accelerator", "devices", "strategy", "num_nodes", "profiler")),
+    *(f"trainer.{key}" for key in ("fast_dev_run", "detect_anomaly", "log_every_n_steps")),
+    *(f"trainer.{key}" for key in ("enable_progress_bar", "progress_bar_refresh_rate")),
+    *(f"trainer.{key}" for key in ("enable_model_summary", "num_sanity_val_steps")),
 )
 
 

@@ -12,16 +12,12 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mlp_lab.losses import build_loss
-from mlp_lab.messages import autograd_found_nan
 from mlp_lab.model import MLP
 
 STAGES = ("train", "val", "test")
 SECTIONS = ("model", "loss", "optimizer")  # the config sections a model is made of
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 SCHEDULES = ("none", "cosine", "onecycle")
-# The trainer settings this module's own optimisation step carries out, which Lightning refuses
-# under manual optimisation: they travel here, not to the Trainer.
-STEP_SETTINGS = ("gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches")
 
 
 class TrainingDiverged(RuntimeError):
@@ -35,14 +31,12 @@ class MLPClassifier(L.LightningModule):
     def __init__(
         self, model: dict, loss: dict, optimizer: dict, data: dict, step: dict | None = None
     ):
-        """`model`, `loss`, `optimizer`: the config's sections; `data`: `MNISTDataModule.facts`;
-        `step`: the trainer's STEP_SETTINGS (none: one batch a step, no clipping)."""
+        """`model`, `loss`, `optimizer`: the config's sections; `data`: `MNISTDataModule.facts`.
+        `step` is what checkpoints before 0.3 kept of the trainer (clipping, accumulation), which
+        Lightning's Trainer now carries out: ignored, so that they still load."""
         super().__init__()
         # In the checkpoint; the logger gets the run's settings, with its results, at the end.
-        self.save_hyperparameters(logger=False)
-        # The step is written out in training_step: Lightning's automatic optimisation wraps each
-        # one in a closure and several hooks, which cost more than the step itself on the CPU.
-        self.automatic_optimization = False
+        self.save_hyperparameters(ignore=["step"], logger=False)
         network = {k: v for k, v in model.items() if k in inspect.signature(MLP).parameters}
         self.model = MLP(
             in_features=data["in_features"],
@@ -64,13 +58,7 @@ class MLPClassifier(L.LightningModule):
     @classmethod
     def from_config(cls, cfg, data: dict) -> MLPClassifier:
         """The model of a `TrainConfig`, for a dataset with these facts."""
-        step = {key: getattr(cfg.trainer, key) for key in STEP_SETTINGS}
-        return cls(**{name: asdict(getattr(cfg, name)) for name in SECTIONS}, data=data, step=step)
-
-    @property
-    def accumulate(self) -> int:
-        """Batches whose gradients add up to one optimisation step."""
-        return (self.hparams.step or {}).get("accumulate_grad_batches", 1)
+        return cls(**{name: asdict(getattr(cfg, name)) for name in SECTIONS}, data=data)
 
     @property
     def num_parameters(self) -> int:
@@ -98,33 +86,13 @@ class MLPClassifier(L.LightningModule):
             metric.reset()
 
     def training_step(self, batch, batch_idx):
-        """One batch's gradients; every `accumulate` batches (and at the epoch's last) a step:
-        clipping when set, the optimizer, the schedule, then max-norm when set."""
-        optimizer = self.optimizers()
-        loss = self._step(batch, "train")
-        k = self.accumulate
-        try:
-            self.manual_backward(loss / k if k > 1 else loss)
-        except RuntimeError as err:  # trainer.detect_anomaly names the operation that made a NaN
-            if not autograd_found_nan(err):
-                raise
-            raise TrainingDiverged(
-                f"{err} (anomaly detection, epoch {self.current_epoch + 1}): lower optimizer.lr "
-                "or change the loss"
-            ) from None
-        if (batch_idx + 1) % k and batch_idx + 1 < self.trainer.num_training_batches:
-            return loss
-        clip = (self.hparams.step or {}).get("gradient_clip_val")
-        if clip:
-            algorithm = self.hparams.step["gradient_clip_algorithm"]
-            self.clip_gradients(optimizer, clip, algorithm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
+        """The batch's loss, for Lightning's step (its clipping and accumulation when set)."""
+        return self._step(batch, "train")
+
+    def optimizer_step(self, *args, **kwargs):
+        """Lightning's optimisation step, then max-norm when set."""
+        super().optimizer_step(*args, **kwargs)
         self.model.apply_max_norm()
-        return loss
 
     def validation_step(self, batch, batch_idx):
         """Loss and accuracy on the validation split."""
@@ -165,10 +133,7 @@ class MLPClassifier(L.LightningModule):
         optimizer = OPTIMIZERS[hp["name"]](self.parameters(), **kwargs)
         if hp["schedule"] == "none":
             return optimizer
-        steps = int(self.trainer.estimated_stepping_batches)
-        if self.accumulate > 1:  # a step every `accumulate` batches and at each epoch's end
-            per_epoch = self.trainer.num_training_batches
-            steps = math.ceil(steps / per_epoch) * math.ceil(per_epoch / self.accumulate)
+        steps = int(self.trainer.estimated_stepping_batches)  # accumulation counted
         if hp["schedule"] == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         else:

@@ -1,13 +1,16 @@
 import copy
 import math
 import types
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import classifier, quiet_trainer
+from conftest import FACTS, classifier, quiet_trainer
 
 from mlp_lab.data import MNISTDataModule
+from mlp_lab.fit import trainer_arguments
 from mlp_lab.module import MLPClassifier
+from mlp_lab.train import load_config
 
 
 def test_checkpoint_alone_rebuilds_the_model(tmp_path):
@@ -25,6 +28,18 @@ def test_checkpoint_alone_rebuilds_the_model(tmp_path):
     assert list(loaded.hparams.data["class_names"]) == list("abcdefghij")
     assert loaded.model.std.item() == torch.tensor(0.3).item()
     assert loaded.hparams.model["hidden"] == [32] and loaded.hparams.optimizer["lr"] == 0.1
+
+
+def test_a_checkpoint_of_0_2_with_its_step_settings_still_loads(tmp_path):
+    module = classifier("model.hidden=[8]")
+    trainer = quiet_trainer(max_epochs=0)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=False)
+    checkpoint["hyper_parameters"]["step"] = {"accumulate_grad_batches": 2}  # as 0.2 kept it
+    torch.save(checkpoint, tmp_path / "model.ckpt")
+    loaded = MLPClassifier.load_from_checkpoint(tmp_path / "model.ckpt")
+    assert "step" not in loaded.hparams and loaded.hparams.model["hidden"] == [8]
 
 
 def test_the_config_sections_reach_the_network_whole():
@@ -129,15 +144,18 @@ def test_max_norm_is_applied_after_every_step(synthetic_root, tmp_path):
 
 def test_accumulated_and_clipped_step_is_torchs_clipped_step_on_both_batches(synthetic_root):
     torch.manual_seed(0)
-    module = classifier(
+    cfg = load_config(
         "model.hidden=[16]",
         "model.init_std=null",
         "trainer.accumulate_grad_batches=2",
         "trainer.gradient_clip_val=0.05",
     )
+    module = MLPClassifier.from_config(cfg, FACTS)
     reference = copy.deepcopy(module.model)
     dm = MNISTDataModule("mnist", synthetic_root, batch_size=32, val_size=200)
-    trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
+    # The trainer section's clipping and accumulation, as a run hands them to the Trainer.
+    step = {k: getattr(cfg.trainer, k) for k in ("accumulate_grad_batches", "gradient_clip_val")}
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0, **step)
     trainer.fit(module, datamodule=dm)
 
     # Two batches of 32 make one step: the gradient of their mean loss, clipped to norm 0.05.
@@ -148,13 +166,15 @@ def test_accumulated_and_clipped_step_is_torchs_clipped_step_on_both_batches(syn
     norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.05)
     assert norm > 0.05  # the clipping did something
     _assert_took_one_sgd_step(module, reference, trainer)
+    assert {k: v for k, v in trainer_arguments(cfg, Path()).items() if k in step} == step
 
 
-def test_one_cycle_over_accumulated_steps_ends_on_the_last_step():
-    module = classifier(
-        "model.hidden=[8]", "optimizer.schedule=onecycle", "trainer.accumulate_grad_batches=4"
-    )
-    # 3 epochs of 10 batches: ceil(10 / 4) = 3 steps an epoch, the last one on 2 batches.
-    module._trainer = types.SimpleNamespace(estimated_stepping_batches=30, num_training_batches=10)
-    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
-    assert scheduler.total_steps == 9
+def test_one_cycle_over_accumulated_steps_ends_on_the_last_step(synthetic_root):
+    module = classifier("model.hidden=[8]", "optimizer.schedule=onecycle")
+    # 3 epochs of 10 batches (300 images in batches of 30): ceil(10 / 4) = 3 steps an epoch, the
+    # last one on 2 batches; one-cycle refuses a step past its last.
+    dm = MNISTDataModule("mnist", synthetic_root, batch_size=30, val_size=900)
+    trainer = quiet_trainer(max_epochs=3, accumulate_grad_batches=4, limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert trainer.global_step == scheduler.total_steps == scheduler.last_epoch == 9
