@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
+import multiprocessing
+import os
 import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
-from mlp_lab import runs
+# fit, imported once here, brings torch and Lightning to every forked search.
+from mlp_lab import fit, runs, train  # noqa: F401
 from mlp_lab.data import PROJECT_DIR
 
 SEARCHES = {
@@ -30,10 +32,20 @@ SEARCHES = {
 }
 
 
+def search(argv: list[str], output: Path) -> None:
+    """In a forked process: `python -m mlp_lab.train argv`, its output into the file `output`."""
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.argv = ["mlp_lab.train", *argv]
+    train.main()
+
+
 def run_search(key: str, args, work: Path) -> dict:
-    """One search in a process of its own; its figures from the trials' records."""
+    """One search in a process of its own, forked from this one, which has imported torch and
+    Lightning already: the wall time is the search's. Its figures from the trials' records."""
     sweep = work / f"search{key}"
-    command = [sys.executable, "-m", "mlp_lab.train", "hparams_search=optuna"]
+    command = ["hparams_search=optuna"]
     command += [f"hydra.sweeper.storage=sqlite:///{work}/search{key}.db"]
     command += [f"hydra.sweep.dir={sweep}", f"hydra.sweeper.n_trials={args.trials}"]
     command += ["hydra.sweeper.sampler.seed=0", f"trainer.max_epochs={args.epochs}"]
@@ -41,12 +53,15 @@ def run_search(key: str, args, work: Path) -> dict:
     command += [f"data={args.dataset}", *SEARCHES[key][1]]
     if args.quick:
         command += ["trainer.limit_train_batches=20"]
+    output = work / f"search{key}.log"
+    process = multiprocessing.get_context("fork").Process(target=search, args=(command, output))
     start = time.time()
-    done = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True)
+    process.start()
+    process.join()
     end = time.time()
     wall = end - start
-    if done.returncode != 0:
-        raise SystemExit(f"search ({key}) failed:\n{done.stderr[-4000:]}")
+    if process.exitcode != 0:
+        raise SystemExit(f"search ({key}) failed:\n{output.read_text()[-4000:]}")
     records = [runs.read_record(run) for run in runs.find_runs(sweep)]
     failed = [r for r in records if not runs.status(r).ended]
     if failed:

@@ -67,10 +67,9 @@ def evaluate(ckpt: Path, model: MLPClassifier, data: DataConfig) -> dict:
     """Test `model`, loaded from `ckpt`, on the test set of `data` through Lightning; return the
     evaluation's record."""
     import lightning as L
-    import torch
     from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-    from mlp_lab.data import MNISTDataModule, TensorBatches
+    from mlp_lab.data import MNISTDataModule
 
     started, wall_start = datetime.now(), time.perf_counter()
     dm = MNISTDataModule(**asdict(data))
@@ -86,11 +85,9 @@ def evaluate(ckpt: Path, model: MLPClassifier, data: DataConfig) -> dict:
     )
     (metrics,) = trainer.test(model, datamodule=dm, verbose=False)
     x, y = dm.splits["test"]
-    with torch.no_grad():
-        batches = TensorBatches(x, y, data.eval_batch_size)
-        preds = torch.cat([model(xb).argmax(1) for xb, _ in batches])
     names = dm.class_names
-    confusion = multiclass_confusion_matrix(preds, y, len(names)).cpu()
+    preds = model.classes(x, data.eval_batch_size)
+    confusion = multiclass_confusion_matrix(preds, y.cpu(), len(names))
     per_class = (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist()
     return {
         "checkpoint": str(ckpt.resolve()),

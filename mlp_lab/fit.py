@@ -22,7 +22,7 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 from mlp_lab import callbacks, cluster, loggers, runs
 from mlp_lab.callbacks import TrialReport
 from mlp_lab.config import ConfigError, TrainConfig
-from mlp_lab.data import DataError, MNISTDataModule, TensorBatches
+from mlp_lab.data import DataError, MNISTDataModule
 from mlp_lab.figures import plot_confusion, plot_curves, plot_predictions
 from mlp_lab.messages import autograd_found_nan, out_of_memory
 from mlp_lab.module import MLPClassifier, TrainingDiverged
@@ -204,15 +204,13 @@ def results(trainer: L.Trainer, test: dict, run_dir: Path, epochs: int) -> dict:
     return kept
 
 
-def draw(module, dm: MNISTDataModule, history: list[dict], run_dir: Path) -> dict[str, Figure]:
+def draw(
+    module: MLPClassifier, dm: MNISTDataModule, history: list[dict], run_dir: Path
+) -> dict[str, Figure]:
     """curves.png, predictions.png (the first 12 test images) and confusion.png (the whole test
     set) in the run directory; the figures by name."""
     x, y = dm.splits["test"]
-    module.eval()
-    with torch.no_grad():
-        batches = TensorBatches(x, y, dm.eval_batch_size)
-        preds = torch.cat([module(xb.to(module.device)).argmax(1).cpu() for xb, _ in batches])
-    y, names = y.cpu(), dm.class_names
+    preds, y, names = module.classes(x, dm.eval_batch_size), y.cpu(), dm.class_names
     shown = x[:12].cpu(), y[:12], preds[:12], names, run_dir / "predictions.png"
     matrix = multiclass_confusion_matrix(preds, y, len(names))
     return {

@@ -334,11 +334,8 @@ def _wait_for(job, run_dir: Path) -> Ending:
         gone = (queued.returncode == 0 and not queued.stdout.strip()) or squeue_forgot(
             queued.stderr
         )
-        if not gone:
-            left_queue = None
-        elif left_queue is None:
-            left_queue = time.monotonic()
-        elif time.monotonic() - left_queue > RESULT_GRACE_S and not _running(run_dir):
+        left_queue = (left_queue or time.monotonic()) if gone else None
+        if left_queue is not None and _died(run_dir, time.monotonic() - left_queue):
             return Ending(
                 died_of=f"SLURM job {job.job_id} ended without a result (SIGKILL, out of memory "
                 "or a lost node)"
@@ -350,8 +347,11 @@ def _wait_for(job, run_dir: Path) -> Ending:
         return Ending(died_of=f"SLURM job {job.job_id}: {str(err).strip().splitlines()[0]}")
 
 
-def _running(run_dir: Path) -> bool:
-    """Whether a run's record says it runs: its process, or a heartbeat younger than the grace
-    a job has for its result."""
+def _died(run_dir: Path, out_of_queue_s: float) -> bool:
+    """Whether a job out of the queue this long died: its run's process is gone, or its record
+    has stopped beating for longer than the grace a job has to write its result."""
     record = runs.earlier_record(run_dir)
-    return bool(record) and runs.status(record, RESULT_GRACE_S) is Status.RUNNING
+    if record and runs.status(record) is Status.KILLED:
+        return True
+    beating = bool(record) and runs.status(record, RESULT_GRACE_S) is Status.RUNNING
+    return out_of_queue_s > RESULT_GRACE_S and not beating

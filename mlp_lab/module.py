@@ -67,6 +67,12 @@ class MLPClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    @torch.no_grad()
+    def classes(self, x: torch.Tensor, batch_size: int = 5000) -> torch.Tensor:
+        """The predicted class of each image, in eval mode, `batch_size` images at a time."""
+        self.eval()
+        return torch.cat([self(xb.to(self.device)).argmax(1).cpu() for xb in x.split(batch_size)])
+
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)

@@ -143,8 +143,7 @@ def predict_test_images(model: MLPClassifier, n: int, out: Path) -> Path:
     root = default_root()
     fetch(dataset, root)
     x, y = load_split(dataset, root, "test")
-    with torch.no_grad():
-        preds = model(x[:n]).argmax(dim=1)
+    preds = model.classes(x[:n])
     plot_predictions(x[:n], y[:n], preds, model.hparams.data["class_names"], out, n=n)
     right = int((preds == y[:n]).sum())
     print(f"{right}/{n} of the first {dataset} test images right; grid in {out}")

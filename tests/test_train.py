@@ -133,15 +133,6 @@ def test_cli_trains_and_prints_one_summary_line(synthetic_root, tmp_path):
     assert (tmp_path / "metrics.json").is_file() and (tmp_path / "train.log").is_file()
 
 
-@pytest.mark.parametrize("override", ["optimizer.lr=-0.1", "model.hidden=[]", "data.batch_size=0"])
-def test_cli_config_error_is_one_line_without_traceback(override, tmp_path):
-    result = run_module("mlp_lab.train", override, f"hydra.run.dir={tmp_path}")
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
-    assert result.stderr.startswith(f"error: {override.split('=')[0]}=")
-
-
 def test_a_model_too_big_for_memory_is_one_line_and_its_record_says_so(synthetic_root, tmp_path):
     # 784 × 4e9 float weights: 12.5 TB, which no allocator hands out.
     overrides = fast_overrides(synthetic_root, "model.hidden=[4000000000]")
@@ -512,18 +503,6 @@ def test_anomaly_detection_names_the_operation_in_one_line(synthetic_root, tmp_p
         error,
     ), error
     assert _metrics(run)["status"] == "failed"
-
-
-def test_gpu_preset_on_a_machine_without_one_stops_in_one_line(tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a CUDA GPU")
-    result = run_module("mlp_lab.train", "trainer=gpu", f"hydra.run.dir={tmp_path}")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == (
-        "error: trainer.accelerator='gpu' is not allowed: no CUDA GPU on this machine; "
-        "use trainer=cpu"
-    )
-    assert not list(tmp_path.rglob("*.ckpt"))
 
 
 def test_ddp_sim_trains_on_two_cpu_processes(synthetic_root, tmp_path):

@@ -1,19 +1,17 @@
-"""Hydra instantiates sweepers from hydra_plugins only, and imports every module there whenever it
-looks for plugins (each command): mlp_lab's sweeper, in mlp_lab.search, is imported when used."""
+"""`hydra/sweeper=mlp_lab` (hparams_search=optuna): the Optuna search of mlp_lab/search.py, which
+is imported when used, since Hydra imports every module of hydra_plugins for each command."""
 
 from hydra.plugins.sweeper import Sweeper
 
 
 class OptunaSweeper(Sweeper):
-    """`hydra/sweeper=mlp_lab` (hparams_search=optuna): the Optuna search of mlp_lab/search.py."""
-
     def __init__(self, **cfg):
         from mlp_lab import search
 
         self.search = search.OptunaSweeper(**cfg)
 
-    def setup(self, *, hydra_context, task_function, config) -> None:
-        self.search.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+    def setup(self, **context) -> None:
+        self.search.setup(**context)
 
     def sweep(self, arguments: list[str]) -> None:
         self.search.sweep(arguments)
