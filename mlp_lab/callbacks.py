@@ -4,6 +4,7 @@ report, and the progress bar. `for_run` picks them from the config."""
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -171,11 +172,17 @@ class RichEpochBar(RichProgressBar):
         return f"{epoch:{len(self.validation_description)}}"
 
 
+def bar_shown(cfg: TrainConfig) -> bool:
+    """Whether the run draws a progress bar: when asked to, on a terminal. Written to a file, a bar
+    is a line per refresh; the record's line per epoch says it there instead."""
+    return cfg.trainer.enable_progress_bar and sys.stderr.isatty()
+
+
 def display(cfg: TrainConfig) -> list[L.Callback]:
     """The progress bar and the model summary: tqdm's and Lightning's, or Rich's."""
     trainer, rich = cfg.trainer, cfg.callbacks.rich
     shown: list[L.Callback] = []
-    if trainer.enable_progress_bar:
+    if bar_shown(cfg):
         refresh = trainer.progress_bar_refresh_rate
         shown.append(RichEpochBar(refresh) if rich else EpochBar(refresh))
     if trainer.enable_model_summary and rich:
@@ -188,7 +195,7 @@ def for_run(cfg: TrainConfig, run_dir: Path, record: dict | None) -> list[L.Call
     stopping and a search's trial report when asked for, and the display."""
     chosen = [
         *checkpoints(run_dir),
-        RunRecord(run_dir, record, not cfg.trainer.enable_progress_bar),
+        RunRecord(run_dir, record, verbose=not bar_shown(cfg)),
     ]
     if cfg.callbacks.early_stopping is not None:
         patience = asdict(cfg.callbacks.early_stopping)

@@ -62,14 +62,15 @@ def setting_in_a_section_that_is_off(overrides: list[str], schema: type) -> str 
 
 
 def not_a_setting(key: str, command: str, schema: type | None) -> str:
-    """The error line for a key that is no setting, with the closest one."""
-    known = setting_names(schema) if schema else []
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]}? " if close else ""
-    return (
-        f"error: {key} is not a setting of {command}: {hint}"
-        f"(every setting: python -m {command} --cfg job)"
-    )
+    """The error line for a key that is no setting, with the closest one. Hydra names only the
+    first part of a misspelt section (`modle` of `modle.hidden`): the command line's whole key is
+    matched."""
+    given = [o.split("=", 1)[0].lstrip("+~") for o in sys.argv[1:]]
+    key = next((k for k in given if k.startswith(f"{key}.")), key)
+    close = difflib.get_close_matches(key, setting_names(schema) if schema else [], n=1)
+    hint = f": did you mean {close[0]}?" if close else ""
+    every = f"(every setting: python -m {command} --cfg job)"
+    return f"error: {key} is not a setting of {command}{hint} {every}"
 
 
 def added_key_that_is_no_setting(overrides: list[str], command: str, schema: type) -> str | None:

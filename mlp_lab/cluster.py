@@ -23,21 +23,39 @@ def machine() -> str:
     return f"{platform.machine()}, {cpu}, {os.cpu_count()} cores"
 
 
-def accelerator_missing(accelerator: str, devices: Any) -> str | None:
-    """Why `accelerator` cannot run on this machine, or None when it can."""
-    if accelerator not in ("gpu", "cuda", "mps"):
-        return None
+def cuda_gpus() -> int:
+    """The CUDA GPUs this process may use: none without NVIDIA's driver (read without torch), else
+    as torch counts them (NVML's count: CUDA itself is not initialised)."""
+    if not Path("/proc/driver/nvidia/gpus").is_dir() and not list(
+        Path("/dev").glob("nvidia[0-9]*")
+    ):
+        return 0
     import torch
 
+    return torch.cuda.device_count()
+
+
+def accelerator_missing(accelerator: str, devices: Any) -> str | None:
+    """Why `accelerator` cannot run on this machine, or None when it can."""
     if accelerator in ("gpu", "cuda"):
-        if not torch.cuda.is_available():
-            return "no CUDA GPU on this machine"
+        gpus = cuda_gpus()
         wanted = devices if isinstance(devices, int) else len(str(devices).split(","))
-        if wanted > torch.cuda.device_count():
-            return f"{wanted} GPUs asked for, {torch.cuda.device_count()} on this machine"
-    if accelerator == "mps" and not torch.backends.mps.is_available():
+        if not gpus:
+            return "no CUDA GPU on this machine"
+        if wanted > gpus:
+            return f"{wanted} GPUs asked for, {gpus} on this machine"
+    if accelerator == "mps" and not apple_gpu():
         return "no Apple MPS device on this machine"
     return None
+
+
+def apple_gpu() -> bool:
+    """Whether this is an Apple silicon Mac whose torch has MPS (torch asked on a Mac only)."""
+    if (platform.system(), platform.machine()) != ("Darwin", "arm64"):
+        return False
+    import torch
+
+    return torch.backends.mps.is_available()
 
 
 def slurm_job() -> str | None:

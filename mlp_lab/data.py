@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from mlp_lab.config import DataConfig
+
 log = logging.getLogger(__name__)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -283,15 +285,13 @@ class TensorBatches:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        shift: int = 0,
-        flip: bool = False,
-        elastic: float = 0.0,
-        elastic_sigma: float = 4.0,
+        augment: DataConfig | None = None,
     ):
+        """`augment`: the data section, whose shift, flip and elastic settings apply when
+        shuffling (training)."""
         self.x, self.y, self.batch_size = x, y, batch_size
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
-        self.shift, self.flip = shift, flip
-        self.elastic, self.elastic_sigma = elastic, elastic_sigma
+        self.augment = augment
         self.epoch = 0
 
     # A DataLoader's two attributes that Lightning reads: it calls `loader.sampler.set_epoch(e)`
@@ -328,14 +328,16 @@ class TensorBatches:
             yield self._augment(self.x.index_select(0, idx), gen), self.y.index_select(0, idx)
 
     def _augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        n, s = len(x), self.shift
-        if self.elastic:
+        if self.augment is None:
+            return x
+        n, s, a = len(x), self.augment.shift, self.augment
+        if a.elastic:
             noise = torch.rand(n, 2, 28, 28, generator=gen).mul_(2).sub_(1).to(x.device)
-            x = elastic_images(x, displacement_fields(noise, self.elastic, self.elastic_sigma))
+            x = elastic_images(x, displacement_fields(noise, a.elastic, a.elastic_sigma))
         if s:
             dx, dy = torch.randint(-s, s + 1, (2, n), generator=gen).to(x.device)
             x = shift_images(x, dx, dy)
-        if self.flip:
+        if a.flip:
             x = flip_images(x, (torch.rand(n, generator=gen) < 0.5).to(x.device))
         return x
 
@@ -343,29 +345,13 @@ class TensorBatches:
 class MNISTDataModule(L.LightningDataModule):
     """MNIST or Fashion-MNIST: seeded train/val split of the official training set, its test set."""
 
-    def __init__(
-        self,
-        name: str = "fashion_mnist",
-        root: str | Path | None = None,
-        batch_size: int = 256,
-        eval_batch_size: int = 5000,
-        val_size: int = 5000,
-        download: bool = True,
-        seed: int = 42,
-        train_size: int | None = None,
-        label_noise: float = 0.0,
-        shift: int = 0,
-        flip: bool = False,
-        elastic: float = 0.0,
-        elastic_sigma: float = 4.0,
-    ):
+    def __init__(self, cfg: DataConfig, seed: int = 42):
+        """`cfg`: the config's data section; `seed` draws the split, the label noise and the
+        batches."""
         super().__init__()
-        self.name, self.info = name, DATASETS[name]
-        self.root = Path(root).expanduser().resolve() if root else default_root()
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.val_size, self.download, self.seed = val_size, download, seed
-        self.train_size, self.label_noise = train_size, label_noise
-        self.augment = dict(shift=shift, flip=flip, elastic=elastic, elastic_sigma=elastic_sigma)
+        self.cfg, self.seed, self.name, self.info = cfg, seed, cfg.name, DATASETS[cfg.name]
+        self.root = Path(cfg.root).expanduser().resolve() if cfg.root else default_root()
+        self.eval_batch_size = cfg.eval_batch_size
         self.num_classes, self.in_features = len(self.info.classes), 28 * 28
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -388,7 +374,7 @@ class MNISTDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Only fetches and validates files."""
-        fetch(self.name, self.root, self.download)
+        fetch(self.name, self.root, self.cfg.download)
 
     def setup(self, stage: str | None = None) -> None:
         """Read the IDX files once and split; on a GPU trainer the tensors move to that device.
@@ -406,18 +392,19 @@ class MNISTDataModule(L.LightningDataModule):
 
     def _train_val(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The seeded split of the official training set, with its label noise."""
+        cfg = self.cfg
         x, y = load_split(self.name, self.root, "train")
-        train, val = split_indices(len(x), self.val_size, self.seed)
-        if self.train_size is not None:
-            if self.train_size > len(train):
+        train, val = split_indices(len(x), cfg.val_size, self.seed)
+        if cfg.train_size is not None:
+            if cfg.train_size > len(train):
                 raise DataError(
-                    f"data.train_size={self.train_size} is more than the {len(train)} training "
-                    f"images left beside data.val_size={self.val_size}: lower one of them"
+                    f"data.train_size={cfg.train_size} is more than the {len(train)} training "
+                    f"images left beside data.val_size={cfg.val_size}: lower one of them"
                 )
-            train = train[: self.train_size]  # already a seeded random order
+            train = train[: cfg.train_size]  # already a seeded random order
         y_train = y[train]
-        if self.label_noise:
-            y_train = noisy_labels(y_train, self.label_noise, self.num_classes, self.seed)
+        if cfg.label_noise:
+            y_train = noisy_labels(y_train, cfg.label_noise, self.num_classes, self.seed)
         return {"train": (x[train], y_train), "val": (x[val], y[val])}
 
     def _world(self) -> tuple[int, int]:
@@ -427,9 +414,7 @@ class MNISTDataModule(L.LightningDataModule):
     def train_dataloader(self) -> TensorBatches:
         rank, world_size = self._world()
         x, y = self.splits["train"]
-        return TensorBatches(
-            x, y, self.batch_size, True, self.seed, rank, world_size, **self.augment
-        )
+        return TensorBatches(x, y, self.cfg.batch_size, True, self.seed, rank, world_size, self.cfg)
 
     def _eval_batches(self, split: str) -> TensorBatches:
         # Under DDP each rank evaluates a disjoint slice and torchmetrics adds up the counts, so

@@ -19,7 +19,7 @@ from lightning.pytorch.profilers import AdvancedProfiler, PyTorchProfiler, Simpl
 from matplotlib.figure import Figure
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-from mlp_lab import callbacks, cluster, loggers, runs
+from mlp_lab import callbacks, cluster, loggers, messages, runs
 from mlp_lab.callbacks import TrialReport
 from mlp_lab.config import ConfigError, TrainConfig
 from mlp_lab.data import DataError, MNISTDataModule
@@ -63,6 +63,8 @@ def _train(cfg: TrainConfig, run_dir: Path, lead: Sequence[str]) -> dict:
     if cfg.trainer.fast_dev_run:
         return dev_run(cfg, dm, module, run_dir)
     start_from = load_start(cfg, module)
+    if cfg.resume:
+        messages.quiet_resume()
     record = None  # under DDP, rank 0 alone keeps the run's record
     if cluster.process_rank() == 0:
         params, resumed = module.num_parameters, bool(cfg.resume)
@@ -73,6 +75,8 @@ def _train(cfg: TrainConfig, run_dir: Path, lead: Sequence[str]) -> dict:
         logger=logger,
         callbacks=[*callbacks.for_run(cfg, run_dir, record), *loggers.callbacks(logger)],
     )
+    if record is not None:
+        note_global_batch(trainer.world_size, cfg.data.batch_size)
     fit_time = fit(trainer, module, dm, start_from, run_dir)
     best = trainer.checkpoint_callback.best_model_path
     (test,) = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
@@ -101,7 +105,7 @@ def use_threads(num_threads: int | None) -> None:
 def build(cfg: TrainConfig) -> tuple[MNISTDataModule, MLPClassifier]:
     """The data module and the model a run of `cfg` trains, seeded: train, benchmarks and tests."""
     L.seed_everything(cfg.seed, workers=True)
-    dm = MNISTDataModule(**asdict(cfg.data), seed=cfg.seed)
+    dm = MNISTDataModule(cfg.data, cfg.seed)
     dm.prepare_data()  # a missing or corrupt dataset stops the run here, before anything is built
     module = MLPClassifier.from_config(cfg, dm.facts)
     widths = "-".join(map(str, [dm.in_features, *cfg.model.hidden, dm.num_classes]))
@@ -116,13 +120,26 @@ def build(cfg: TrainConfig) -> tuple[MNISTDataModule, MLPClassifier]:
 
 
 def trainer_arguments(cfg: TrainConfig, run_dir: Path) -> dict:
-    """`lightning.Trainer`'s keyword arguments: the trainer section, less the progress bar's rate;
-    its profile goes to the run directory (fit-profile.txt, ...)."""
+    """`lightning.Trainer`'s keyword arguments: the trainer section, less the progress bar's rate
+    (and the bar itself where no terminal shows it); its profile goes to the run directory."""
     args = asdict(cfg.trainer)
     del args["progress_bar_refresh_rate"]
+    args["enable_progress_bar"] = callbacks.bar_shown(cfg)
     if cfg.trainer.profiler:
         args["profiler"] = PROFILERS[cfg.trainer.profiler](dirpath=run_dir, filename="profile")
     return {**args, "default_root_dir": run_dir}
+
+
+def note_global_batch(processes: int, batch: int) -> None:
+    """Say, under DDP, that each step sees every process's batch: a run on 2 devices is not one on
+    1 with more speed."""
+    if processes > 1:
+        log.warning(
+            "%d processes, each with batches of %d: a step sees %d images and an epoch has 1/%d "
+            "of the steps; to compare with one process, scale optimizer.lr by %d or "
+            "data.batch_size by 1/%d",
+            *(processes, batch, processes * batch, processes, processes, processes),
+        )
 
 
 def dev_run(cfg: TrainConfig, dm: MNISTDataModule, module: MLPClassifier, run_dir: Path) -> dict:
@@ -173,10 +190,12 @@ def fit(trainer, module, dm, start_from: Path | None, run_dir: Path) -> float:
             raise
         done = len(runs.earlier_record(run_dir).get("history", []))
         reason = cluster.stop_reason()
+        saved = f"{done} completed epochs are saved in {runs.last_checkpoint(run_dir)}; continue"
+        if not done:
+            saved = "no epoch had ended, so none is saved; start it again"
         raise RunInterrupted(
-            f"{reason + ': ' if reason else ''}"
-            f"interrupted in epoch {done + 1}: {done} completed epochs are saved in "
-            f"{runs.last_checkpoint(run_dir)}; continue with `{runs.resume_command(run_dir)}`"
+            f"{reason + ': ' if reason else ''}interrupted in epoch {done + 1}: {saved} with "
+            f"`{runs.resume_command(run_dir)}`"
         ) from None
     except RuntimeError as err:  # trainer.detect_anomaly names the operation that made a NaN
         if not autograd_found_nan(err):

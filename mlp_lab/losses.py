@@ -12,9 +12,6 @@ import inspect
 import torch
 from torch import nn
 
-TARGETS = ("logits", "probs")
-L2_COVERS = ("all", "weights")
-
 
 def log_softmax(logits: torch.Tensor) -> torch.Tensor:
     # Shifting by the row maximum keeps exp() finite; logsumexp is the stable log Σ exp.

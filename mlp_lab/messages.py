@@ -58,6 +58,15 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
+# Lightning's warning at the start of every resumed run: its checkpoints/ holds the run's own.
+RESUMED_CHECKPOINTS = r"Checkpoint directory .* exists and is not empty"
+
+
+def quiet_resume() -> None:
+    """Leave out the warning Lightning gives a resumed run about its own checkpoints."""
+    warnings.filterwarnings("ignore", message=RESUMED_CHECKPOINTS)
+
+
 class AccountingMissing(logging.Filter):
     """submitit asks `sacct` for its jobs' states every few seconds and warns each time it fails,
     as it does on every poll of a cluster without accounting: said once, in one line, instead."""

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mlp_lab.config import IMPLS
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "sigmoid": nn.Sigmoid,
@@ -22,7 +24,6 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "elu": nn.ELU,
     "silu": nn.SiLU,
 }
-IMPLS = ("torch", "scratch")
 
 
 class ScratchLinear(nn.Module):

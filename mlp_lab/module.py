@@ -17,7 +17,6 @@ from mlp_lab.model import MLP
 STAGES = ("train", "val", "test")
 SECTIONS = ("model", "loss", "optimizer")  # the config sections a model is made of
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-SCHEDULES = ("none", "cosine", "onecycle")
 
 
 class TrainingDiverged(RuntimeError):
@@ -45,6 +44,8 @@ class MLPClassifier(L.LightningModule):
             std=data["std"],
             **network,
         )
+        # What the model summary counts FLOPs with.
+        self.example_input_array = torch.zeros(1, data["in_features"])
         # A loss that penalises parameters (ce_l2) is handed the model.
         self.criterion = build_loss(**loss, model=self.model)
         # One metric object per stage, so running states never mix; torchmetrics syncs them across

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 import hydra
 import numpy as np
-import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -29,7 +28,9 @@ from PIL import Image, UnidentifiedImageError
 from mlp_lab.cli import CONF_DIR, one_line_errors
 from mlp_lab.runs import RunError, load_model
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch, imported once an image is to be classified
+    import torch
+
     from mlp_lab.module import MLPClassifier
 
 
@@ -73,6 +74,8 @@ def prepare_image(path: Path | str, dataset: str = "mnist") -> torch.Tensor:
         ) from None
     except (UnidentifiedImageError, OSError) as err:
         raise PredictError(f"{path}: not a readable image ({err})") from None
+    import torch
+
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     if border.mean() > 0.5:  # a light background: photos and scans of dark ink on paper
         gray, border = 1 - gray, 1 - border
@@ -110,6 +113,8 @@ def frame(x: np.ndarray, background: float, side: int, anchor: str) -> np.ndarra
 
 
 def top_classes(model: MLPClassifier, x: torch.Tensor, k: int = 3) -> list[tuple[str, float]]:
+    import torch
+
     with torch.no_grad():
         probs = model(x).softmax(dim=1)[0]
     values, indices = probs.topk(min(k, len(probs)))
@@ -170,6 +175,12 @@ def main(cfg: DictConfig) -> None:
         config: PredictConfig = OmegaConf.to_object(cfg)
     except MissingMandatoryValue:
         raise SystemExit("error: give the checkpoint: ckpt=<run dir or .ckpt file>") from None
+    # An image that is not there is said at once, before torch is imported to load the model.
+    images = [image for image in config.images if Path(image).is_file()]
+    for missing in (image for image in config.images if image not in images):
+        print(f"error: {missing}: no such file", file=sys.stderr)
+    if config.images and not images:
+        raise SystemExit(1)
     # Lightning's lines (devices, tips), logged once it is imported: noise in a one-line command.
     logging.disable(logging.INFO)
     from mlp_lab.data import DataError
@@ -181,7 +192,7 @@ def main(cfg: DictConfig) -> None:
             return
     except (RunError, DataError) as err:
         raise SystemExit(f"error: {err}") from None
-    if predict_images(model, config.images, config.top):
+    if predict_images(model, images, config.top) or len(images) < len(config.images):
         raise SystemExit(1)
 
 

@@ -114,6 +114,14 @@ def stop(err: Exception, run_dir: Path, multirun: bool, interrupted: bool = Fals
 
 def checked(cfg: DictConfig, hydra_cfg) -> TrainConfig:
     """The composed config as the schema's objects, values checked; a resume's saved config."""
+    params = hydra_cfg.sweeper.get("params") or {}
+    if hydra_cfg.mode != RunMode.MULTIRUN and params:  # a study's sweep, given no -m
+        swept = ", ".join(f"{key}={value}" for key, value in params.items())
+        raise ConfigError(
+            f"experiment={hydra_cfg.runtime.choices.get('experiment')} is a study, a sweep over "
+            f"{swept}: run it with -m: python -m mlp_lab.train -m "
+            + " ".join(hydra_cfg.overrides.task)
+        )
     config = OmegaConf.to_object(cfg)
     if hydra_cfg.mode == RunMode.MULTIRUN:
         check_sweep(str(config.trainer.strategy), str(hydra_cfg.launcher.get("_target_")))

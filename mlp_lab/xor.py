@@ -71,7 +71,7 @@ def train_xor(cfg: XORConfig, seed: int, echo: Callable[[str], None] | None = No
         loss.backward()
         optimizer.step()
         if echo and cfg.log_every and epoch % cfg.log_every == 0:
-            echo(f"epoch {epoch:>6}/{cfg.epochs}  loss {loss.item():.6f}")
+            echo(f"epoch {epoch:>6}/{cfg.epochs}  loss {loss.item():.3e}")
     with torch.no_grad():
         return model, F.mse_loss(model(INPUTS), TARGETS).item()
 

@@ -21,7 +21,6 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 CONTEXT = multiprocessing.get_context("forkserver")
 # Everything a command imports, and this module, whose _run the forked processes call.
 CONTEXT.set_forkserver_preload(
@@ -90,7 +89,7 @@ class Command:
         self,
         target: str | Callable,
         *args: str,
-        cwd: Path | str = PROJECT_DIR,
+        cwd: Path | str | None = None,
         env: dict | None = None,
         stdin: str = "",
         setup: Callable[[], None] | None = None,
@@ -102,7 +101,7 @@ class Command:
         for path in files[1:]:
             path.touch()
         env = dict(os.environ if env is None else env)
-        run_args = (target, args, str(cwd), env, tuple(map(str, files)), setup)
+        run_args = (target, args, str(cwd or Path.cwd()), env, tuple(map(str, files)), setup)
         self.process = CONTEXT.Process(target=_run, args=run_args)
         self.process.start()
         self.pid = self.process.pid
@@ -132,7 +131,7 @@ class Command:
 
 
 def run_module(target: str | Callable, *args: str, **options) -> subprocess.CompletedProcess:
-    """`python -m target args...` from the project directory to its end, output captured."""
+    """`python -m target args...` to its end, output captured (in this directory, or `cwd`)."""
     command = Command(target, *args, **options)
     out, err = command.communicate()
     return subprocess.CompletedProcess(command.args, command.returncode, out, err)

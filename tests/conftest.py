@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from mlp_lab.config import DataConfig
 from mlp_lab.data import (
     IMAGE_MAGIC,
     LABEL_MAGIC,
@@ -50,6 +51,25 @@ def synthetic_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images.astype(np.uint8), labels.astype(np.uint8)
 
 
+OUTPUTS = PROJECT_DIR / "outputs"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _outputs_left_as_found():
+    """The suite leaves the project's outputs/, where a user's runs live, as it found it."""
+    before = sorted(OUTPUTS.rglob("*"))
+    yield
+    added = sorted(set(OUTPUTS.rglob("*")) - set(before))
+    assert not added, f"the tests wrote into {OUTPUTS}: {[str(p) for p in added[:5]]}"
+
+
+@pytest.fixture(autouse=True)
+def _in_a_folder_of_its_own(tmp_path: Path, monkeypatch):
+    """Each test, and each command it starts, runs in its own temporary folder: what it writes
+    by a relative path (outputs/, a sweep's directory) stays there."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def synthetic_root(tmp_path: Path) -> Path:
     """A data root holding a small MNIST-like dataset (1,200 train / 200 test) in both folders."""
@@ -72,6 +92,11 @@ def real_data_root() -> Path:
     if not (root / "FashionMNIST" / "raw").is_dir():
         pytest.fail(f"real datasets not found in {root}: set MLP_LAB_DATA or run `make data`")
     return root
+
+
+def datamodule(name: str, root: Path | None = None, seed: int = 42, **settings) -> MNISTDataModule:
+    """The data module of a data section with these settings (the others its defaults)."""
+    return MNISTDataModule(DataConfig(name, str(root) if root else None, **settings), seed)
 
 
 def quiet(root: Path, *extra: str) -> list[str]:
@@ -115,7 +140,7 @@ def classifier(*overrides: str) -> MLPClassifier:
 def assert_checkpoint_scores(run: Path, record: dict, root: Path) -> None:
     """A Fashion-MNIST run's logged val and test accuracy are its best checkpoint's, evaluated here
     in one process on the whole splits (as DDP's ranks must add up to)."""
-    dm = MNISTDataModule("fashion_mnist", root, seed=42)
+    dm = datamodule("fashion_mnist", root)
     dm.setup()
     model = MLPClassifier.load_from_checkpoint(run / record["checkpoint"]).eval()
     for split, logged in (("val", record["best_val_acc"]), ("test", record["test_acc"])):

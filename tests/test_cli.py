@@ -13,7 +13,6 @@ import mlp_lab.train
 import mlp_lab.xor
 from mlp_lab.cli import setting_names
 from mlp_lab.config import TrainConfig
-from mlp_lab.data import PROJECT_DIR
 
 
 def one_line_error(capsys, monkeypatch, command, *overrides: str) -> str:
@@ -108,8 +107,14 @@ def one_line_error(capsys, monkeypatch, command, *overrides: str) -> str:
         (
             mlp_lab.xor,
             ["xor.hiden=3"],
-            "error: xor.hiden is not a setting of mlp_lab.xor: "
+            "error: xor.hiden is not a setting of mlp_lab.xor "
             "(every setting: python -m mlp_lab.xor --cfg job)",
+        ),
+        (
+            mlp_lab.train,
+            ["modle.hidden=[128]"],  # Hydra names the section alone: `modle`
+            "error: modle.hidden is not a setting of mlp_lab.train: did you mean model.hidden? "
+            "(every setting: python -m mlp_lab.train --cfg job)",
         ),
     ],
 )
@@ -167,14 +172,33 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 """
 
 
-@pytest.mark.parametrize("module", ["mlp_lab.train", "mlp_lab.eval"])
-def test_help_and_a_misspelt_key_answer_before_torch_or_lightning_is_imported(module):
-    for args in (["--help"], ["trainer.max_epoch=2" if module == "mlp_lab.train" else "ckt=x"]):
-        result = subprocess.run(
-            [sys.executable, "-c", IMPORTS_AT_EXIT, module, *args],
-            capture_output=True,
-            text=True,
-            cwd=PROJECT_DIR,
-        )
-        assert result.stdout.splitlines()[-1] == "imported: []", (args, result.stdout)
-    assert "did you mean" in result.stderr
+@pytest.mark.parametrize(
+    "module, args, error",
+    [
+        ("mlp_lab.train", ["--help"], None),
+        ("mlp_lab.train", ["trainer.max_epoch=2"], "did you mean trainer.max_epochs?"),
+        ("mlp_lab.train", ["optimizer.lr=-1"], "a positive float"),
+        ("mlp_lab.train", ["model.hidden=[]"], "a non-empty list of positive widths"),
+        ("mlp_lab.train", ["model.activation=relux"], "use one of relu, sigmoid"),
+        ("mlp_lab.train", ["trainer=gpu"], "no CUDA GPU on this machine; use trainer=cpu"),
+        ("mlp_lab.eval", ["--help"], None),
+        ("mlp_lab.eval", ["ckt=x"], "did you mean ckpt?"),
+        ("mlp_lab.predict", ["ckpt=x", "images=[nowhere.png]"], "nowhere.png: no such file"),
+    ],
+)
+def test_help_and_a_mistake_answer_before_torch_or_lightning_is_imported(
+    module, args, error, tmp_path
+):
+    if "trainer=gpu" in args and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    run_dir = [] if module == "mlp_lab.predict" else [f"hydra.run.dir={tmp_path}/run"]
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORTS_AT_EXIT, module, *args, *run_dir],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.stdout.splitlines()[-1] == "imported: []", (args, result.stdout)
+    if error:
+        assert result.stderr.startswith("error: ") and error in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1 and not (tmp_path / "run").exists()

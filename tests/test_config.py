@@ -318,3 +318,12 @@ def test_a_device_preset_without_its_device_names_the_cpu_preset(preset, acceler
 def test_bad_trainer_and_callback_values_fail_naming_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(*overrides.split())
+
+
+def test_the_names_a_check_allows_are_the_names_implemented():
+    from mlp_lab import config, data, losses, model, module
+
+    assert tuple(data.DATASETS) == config.DATASETS
+    assert tuple(model.ACTIVATIONS) == config.ACTIVATIONS
+    assert tuple(losses.LOSSES) == config.LOSSES
+    assert tuple(module.OPTIMIZERS) == config.OPTIMIZERS

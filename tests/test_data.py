@@ -8,10 +8,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from conftest import classifier, fast_overrides, quiet_trainer, synthetic_images, write_idx
+from conftest import (
+    classifier,
+    datamodule,
+    fast_overrides,
+    quiet_trainer,
+    synthetic_images,
+    write_idx,
+)
 
 from mlp_lab import data
-from mlp_lab.data import DataError, MNISTDataModule, TensorBatches, check_idx, fetch, idx_files
+from mlp_lab.config import DataConfig
+from mlp_lab.data import DataError, TensorBatches, check_idx, fetch, idx_files
 from mlp_lab.fit import train
 from mlp_lab.train import load_config
 
@@ -26,7 +34,7 @@ def test_idx_files_parse_to_the_written_pixels_and_labels(synthetic_root):
 
 def test_split_is_seeded_disjoint_and_complete(synthetic_root):
     def split(seed):
-        dm = MNISTDataModule("fashion_mnist", synthetic_root, val_size=200, seed=seed)
+        dm = datamodule("fashion_mnist", synthetic_root, val_size=200, seed=seed)
         dm.setup()
         return dm.splits
 
@@ -50,7 +58,7 @@ def test_label_noise_moves_exactly_the_fraction_of_training_labels_to_other_clas
     synthetic_root, fraction
 ):
     def splits(seed, noise):
-        dm = MNISTDataModule("mnist", synthetic_root, val_size=200, seed=seed, label_noise=noise)
+        dm = datamodule("mnist", synthetic_root, val_size=200, seed=seed, label_noise=noise)
         dm.setup()
         return dm.splits
 
@@ -87,7 +95,7 @@ def test_noisy_labels_spread_over_the_other_classes():
 
 def test_train_size_keeps_a_seeded_subset_of_the_training_split(synthetic_root):
     def splits(seed, size):
-        dm = MNISTDataModule("mnist", synthetic_root, val_size=200, seed=seed, train_size=size)
+        dm = datamodule("mnist", synthetic_root, val_size=200, seed=seed, train_size=size)
         dm.setup()
         return dm.splits
 
@@ -132,7 +140,7 @@ def test_ddp_ranks_take_disjoint_equal_shards_of_each_epoch():
 
 
 def test_ddp_ranks_evaluate_disjoint_slices_that_make_up_the_split(synthetic_root):
-    dm = MNISTDataModule("mnist", synthetic_root, val_size=201, eval_batch_size=64)
+    dm = datamodule("mnist", synthetic_root, val_size=201, eval_batch_size=64)
     dm.setup()
     parts = []
     for rank in range(2):
@@ -182,7 +190,7 @@ class RecordDevices(L.Callback):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none on this machine")
 def test_gpu_run_keeps_split_tensors_on_the_device_skipped_without_gpu(synthetic_root):
-    dm = MNISTDataModule("fashion_mnist", synthetic_root, batch_size=64, val_size=200)
+    dm = datamodule("fashion_mnist", synthetic_root, batch_size=64, val_size=200)
     devices = RecordDevices()
     trainer = quiet_trainer(accelerator="gpu", devices=1, max_epochs=1, callbacks=[devices])
     trainer.fit(classifier("model.hidden=[32]"), datamodule=dm)
@@ -251,7 +259,7 @@ def _with_offline_dirs(name, dirs):
 @pytest.mark.real_data
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
 def test_real_dataset_sizes_and_normalisation_constants(real_data_root, name):
-    dm = MNISTDataModule(name, real_data_root)
+    dm = datamodule(name, real_data_root)
     dm.prepare_data()
     dm.setup()
     sizes = {k: len(v[0]) for k, v in dm.splits.items()}
@@ -287,7 +295,9 @@ def test_augmented_batches_are_seeded_and_keep_labels():
     y = torch.arange(40)
 
     def epoch(seed, e, **augment):
-        batches = TensorBatches(x, y, 16, shuffle=True, seed=seed, **augment)
+        batches = TensorBatches(
+            x, y, 16, shuffle=True, seed=seed, augment=DataConfig("mnist", **augment)
+        )
         batches.set_epoch(e)
         return list(batches)
 
@@ -367,7 +377,9 @@ def test_elastic_batches_keep_labels_and_repeat_for_a_seed_and_epoch():
     y = torch.arange(40)
 
     def epoch(e, **augment):
-        batches = TensorBatches(x, y, 16, shuffle=True, seed=3, **augment)
+        batches = TensorBatches(
+            x, y, 16, shuffle=True, seed=3, augment=DataConfig("mnist", **augment)
+        )
         batches.set_epoch(e)
         return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
 

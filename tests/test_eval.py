@@ -6,6 +6,7 @@ from commands import run_module
 from conftest import (
     CONF_DIR,
     FACTS,
+    datamodule,
     fast_overrides,
     quiet_trainer,
     synthetic_images,
@@ -13,7 +14,7 @@ from conftest import (
 )
 from hydra import compose, initialize_config_dir
 
-from mlp_lab.data import MNISTDataModule, idx_files
+from mlp_lab.data import idx_files
 from mlp_lab.eval import run, save
 from mlp_lab.fit import train
 from mlp_lab.module import MLPClassifier
@@ -60,7 +61,7 @@ def test_eval_of_a_run_reproduces_its_test_scores_and_keeps_them_beside_it(train
 
     # The counts, checked against predictions made here with the model alone.
     model = load_model(ckpt)
-    dm = MNISTDataModule("fashion_mnist", synthetic_root)
+    dm = datamodule("fashion_mnist", synthetic_root)
     dm.setup("test")
     x, y = dm.splits["test"]
     with torch.no_grad():
@@ -114,6 +115,15 @@ def test_the_command_prints_one_line_and_writes_only_its_two_files(trained, synt
         path,
         path.with_name(f"{path.stem}-confusion.png"),
     }
+    # On the other dataset, a note says what its accuracy means.
+    other = run_module(
+        "mlp_lab.eval", f"ckpt={run_dir}", f"data.root={synthetic_root}", "data=mnist"
+    )
+    assert other.returncode == 0 and other.stdout.startswith("test_acc=")
+    assert other.stderr == (
+        "note: the checkpoint learnt fashion_mnist, whose classes are other things than mnist's: "
+        "test_acc counts class numbers that happen to match\n"
+    )
 
 
 @pytest.fixture

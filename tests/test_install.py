@@ -61,18 +61,23 @@ def test_a_wheel_carries_the_configs_and_every_command_runs_from_any_folder(
     synthetic_root, tmp_path
 ):
     wheels, target = tmp_path / "wheels", tmp_path / "site"
-    subprocess.run(
+    built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
         + ["-w", str(wheels), str(PROJECT_DIR)],
-        check=True,
+        capture_output=True,
+        text=True,
     )
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "absent from the `packages` configuration" not in built.stdout + built.stderr
     (wheel,) = wheels.glob("mlp_lab-*.whl")
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target)]
         + [str(wheel)],
         check=True,
     )
-    assert (target / "mlp_lab" / "conf" / "train.yaml").is_file()
+    conf = PROJECT_DIR / "conf"
+    carried = {p.relative_to(target / "mlp_lab" / "conf") for p in target.rglob("conf/**/*.yaml")}
+    assert carried == {p.relative_to(conf) for p in conf.rglob("*.yaml")}  # every group's
     python = isolated_python(tmp_path, target)
     home = tmp_path / "home"
     home.mkdir()

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import classifier, quiet_trainer
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils._pytree import LeafSpec
 
 from mlp_lab import messages
@@ -83,3 +84,18 @@ def test_lightnings_warnings_are_recognised(tmp_path, monkeypatch):
     assert len(said_before_quiet) == 2  # both said before quiet_lightning, neither after
     for text in said_before_quiet:
         assert any(re.match(p, text, re.I) for p in messages.LIGHTNING_WARNINGS), text
+
+
+def test_lightnings_warning_on_a_resumed_runs_checkpoints_is_recognised(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")  # a resumed run's own
+    data = torch.utils.data.TensorDataset(torch.rand(8, 784), torch.randint(0, 10, (8,)))
+    kept = ModelCheckpoint(dirpath=tmp_path / "checkpoints")
+    trainer = quiet_trainer(
+        max_epochs=1, callbacks=[kept], enable_checkpointing=True, limit_val_batches=0
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(classifier("model.hidden=[4]"), torch.utils.data.DataLoader(data, 4))
+    said = [str(w.message) for w in caught if "checkpoints" in str(w.message)]
+    assert said and all(re.match(messages.RESUMED_CHECKPOINTS, text) for text in said)

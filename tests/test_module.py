@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FACTS, classifier, quiet_trainer
+from conftest import FACTS, classifier, datamodule, quiet_trainer
 
-from mlp_lab.data import MNISTDataModule
 from mlp_lab.fit import trainer_arguments
 from mlp_lab.module import MLPClassifier
 from mlp_lab.train import load_config
@@ -79,7 +78,7 @@ def test_one_training_step_is_one_sgd_step_and_feeds_the_epoch_metrics(synthetic
     torch.manual_seed(0)
     module = classifier("model.hidden=[16]", "optimizer.lr=0.1", "model.init_std=null")
     reference = copy.deepcopy(module.model)
-    dm = MNISTDataModule("mnist", synthetic_root, batch_size=32, val_size=200)
+    dm = datamodule("mnist", synthetic_root, batch_size=32, val_size=200)
     trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
     trainer.fit(module, datamodule=dm)
 
@@ -135,7 +134,7 @@ def test_max_norm_is_applied_after_every_step(synthetic_root, tmp_path):
     module = classifier(
         "model.hidden=[32]", "optimizer.lr=5.0", "model.init_std=null", "model.max_norm=0.5"
     )
-    dm = MNISTDataModule("mnist", synthetic_root, batch_size=64, val_size=200)
+    dm = datamodule("mnist", synthetic_root, batch_size=64, val_size=200)
     trainer = quiet_trainer(max_epochs=1, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=dm)
     for layer in module.model.linear_layers():
@@ -152,7 +151,7 @@ def test_accumulated_and_clipped_step_is_torchs_clipped_step_on_both_batches(syn
     )
     module = MLPClassifier.from_config(cfg, FACTS)
     reference = copy.deepcopy(module.model)
-    dm = MNISTDataModule("mnist", synthetic_root, batch_size=32, val_size=200)
+    dm = datamodule("mnist", synthetic_root, batch_size=32, val_size=200)
     # The trainer section's clipping and accumulation, as a run hands them to the Trainer.
     step = {k: getattr(cfg.trainer, k) for k in ("accumulate_grad_batches", "gradient_clip_val")}
     trainer = quiet_trainer(max_steps=1, limit_val_batches=0, **step)
@@ -173,7 +172,7 @@ def test_one_cycle_over_accumulated_steps_ends_on_the_last_step(synthetic_root):
     module = classifier("model.hidden=[8]", "optimizer.schedule=onecycle")
     # 3 epochs of 10 batches (300 images in batches of 30): ceil(10 / 4) = 3 steps an epoch, the
     # last one on 2 batches; one-cycle refuses a step past its last.
-    dm = MNISTDataModule("mnist", synthetic_root, batch_size=30, val_size=900)
+    dm = datamodule("mnist", synthetic_root, batch_size=30, val_size=900)
     trainer = quiet_trainer(max_epochs=3, accumulate_grad_batches=4, limit_val_batches=0)
     trainer.fit(module, datamodule=dm)
     scheduler = trainer.lr_scheduler_configs[0].scheduler

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from commands import Command, run_module
-from conftest import classifier, fast_overrides, quiet_trainer
+from conftest import classifier, datamodule, fast_overrides, quiet_trainer
 
 from mlp_lab import runs
-from mlp_lab.data import PROJECT_DIR, MNISTDataModule
+from mlp_lab.data import PROJECT_DIR
 from mlp_lab.module import MLPClassifier
 from mlp_lab.report import find_studies
 from mlp_lab.runs import RunError, Status, load_model
@@ -182,7 +182,7 @@ def test_runs_started_together_each_keep_their_own_directory(synthetic_root, tmp
         # The run's own last checkpoint: its history, and its weights give the recorded val loss.
         checkpoint = torch.load(runs.last_checkpoint(run), weights_only=False)
         assert checkpoint["epoch_history"] == record["history"]
-        dm = MNISTDataModule(
+        dm = datamodule(
             "fashion_mnist", synthetic_root, val_size=200, seed=record["config"]["seed"]
         )
         dm.setup()

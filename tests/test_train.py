@@ -1,6 +1,7 @@
 import json
 import re
 import signal
+import sys
 import time
 from dataclasses import asdict
 
@@ -423,16 +424,32 @@ def test_each_trainer_option_runs_an_epoch(option, synthetic_root, tmp_path):
 
 @pytest.mark.parametrize("bar", ["tqdm", "rich"])
 def test_the_progress_bar_counts_epochs_from_1_and_rich_shows_its_summary(
-    bar, synthetic_root, tmp_path, capsys
+    bar, synthetic_root, tmp_path, capsys, monkeypatch
 ):
     overrides = fast_overrides(synthetic_root, "trainer.max_epochs=2", "model.hidden=[16]")
     shown = ["trainer.enable_progress_bar=true", "trainer.enable_model_summary=true"]
     chosen = ["callbacks=rich"] if bar == "rich" else []
-    train(load_config(*chosen, *overrides, *shown), tmp_path / "run")
+    cfg = load_config(*chosen, *overrides, *shown)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # as on a terminal
+    train(cfg, tmp_path / "run")
     out, err = capsys.readouterr()
     assert "Epoch 2/2" in out + err and "Epoch 0" not in out + err
     if bar == "rich":
         assert "┏" in out and "Total params" in out and "━" in out  # Rich's table and bar
+
+
+def test_written_to_a_file_a_run_says_each_epoch_once_and_draws_no_bar(synthetic_root, tmp_path):
+    overrides = fast_overrides(synthetic_root, "trainer.max_epochs=3", "model.hidden=[16]")
+    result = run_module("mlp_lab.train", *overrides, "trainer.enable_progress_bar=true")
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    assert "\r" not in output and "it/s]" not in output  # no bar's refreshes
+    epochs = [
+        line.split(" - ", 1)[1].split(":")[0]
+        for line in output.splitlines()
+        if ": train loss" in line
+    ]
+    assert epochs == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
 
 
 def test_early_stopping_records_where_it_stopped_and_a_resume_stays_stopped(
