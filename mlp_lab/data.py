@@ -1,10 +1,13 @@
 """MNIST and Fashion-MNIST held in memory as tensors.
 
-`python -m mlp_lab.data` fetches both datasets into the data root (`MLP_LAB_DATA`, else `data/`).
+`python -m mlp_lab.data [--from DIR]` fetches both datasets into the data root where every command
+looks (`MLP_LAB_DATA`, else `data/` in the project): copied from DIR, downloaded, or copied from the
+offline packages.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gzip
 import io
@@ -12,7 +15,7 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,9 +140,11 @@ def _have_raw(raw: Path) -> bool:
     return all((raw / name).is_file() for name in _all_files())
 
 
-def _copy_offline(info: DatasetInfo, raw: Path) -> Path | None:
-    """Copy the IDX files from an installed offline package (plain or gzipped) into `raw`."""
-    for source in map(Path, info.offline_dirs):
+def _copy_offline(info: DatasetInfo, raw: Path, sources: Sequence[Path] = ()) -> Path | None:
+    """Copy the IDX files (plain or gzipped) into `raw` from the first of `sources` (data roots
+    holding <Folder>/raw/) or of the offline packages' folders that has them all."""
+    folders = [Path(s) / info.folder / "raw" for s in sources]
+    for source in [*folders, *map(Path, info.offline_dirs)]:
         found = {}
         for name in _all_files():
             for candidate in (source / name, source / f"{name}.gz"):
@@ -174,13 +179,16 @@ def _download(info: DatasetInfo, root: Path) -> bool:
     return True
 
 
-def fetch(name: str, root: Path | str, download: bool = True) -> Path:
-    """Make `root/<Folder>/raw` hold the dataset: already there, downloaded, or copied offline."""
+def fetch(name: str, root: Path | str, download: bool = True, sources: Sequence[Path] = ()) -> Path:
+    """Make `root/<Folder>/raw` hold the dataset: already there, copied from one of `sources` (data
+    roots), downloaded, or copied from an offline package."""
     info = DATASETS[name]
     root = Path(root).expanduser().resolve()
     raw = root / info.folder / "raw"
     if not _have_raw(raw):
-        if download and _download(info, root):
+        if sources and (source := _copy_offline(info, raw, sources)) is not None:
+            log.info("copied %s from %s into %s", info.title, source, raw)
+        elif download and _download(info, root):
             log.info("downloaded %s into %s", info.title, raw)
         elif (source := _copy_offline(info, raw)) is not None:
             log.info("copied %s from %s into %s", info.title, source, raw)
@@ -431,11 +439,22 @@ class MNISTDataModule(L.LightningDataModule):
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m mlp_lab.data", description=__doc__)
+    parser.add_argument(
+        "--from",
+        dest="sources",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a data root to copy the datasets from (DIR/MNIST/raw/, ...), tried first",
+    )
+    args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     failed = False
     for name, info in DATASETS.items():
         try:
-            print(f"{info.title}: {fetch(name, default_root())}")
+            print(f"{info.title}: {fetch(name, default_root(), sources=args.sources)}")
         except DataError as err:
             print(f"error: {err}", file=sys.stderr)
             failed = True

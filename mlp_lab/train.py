@@ -93,13 +93,14 @@ def leading_keys() -> list[str]:
     return keys + list(hydra_cfg.sweeper.get("params") or {})
 
 
-def stop(err: Exception, run_dir: Path, multirun: bool, interrupted: bool = False) -> NoReturn:
-    """End the run with `err` as one line: a config refused before any work leaves no directory;
-    a run that started keeps its record, marked failed or interrupted."""
+def stop(
+    err: Exception, run_dir: Path, multirun: bool, refused: bool = True, interrupted: bool = False
+) -> NoReturn:
+    """End the run with `err` as one line: refused before any work (a config, missing data), it
+    leaves no directory; a run that started keeps its record, marked failed or interrupted."""
     message = f"{'stopped' if interrupted else 'error'}: {err}"
     rank_zero = cluster.process_rank() == 0
-    refused = isinstance(err, ConfigError) and not multirun
-    if refused and rank_zero and runs.discard_unused(run_dir):
+    if refused and not multirun and rank_zero and runs.discard_unused(run_dir):
         raise SystemExit(message) from None
     if rank_zero:
         (runs.interrupt if interrupted else runs.fail)(run_dir, str(err))
@@ -155,7 +156,8 @@ def main(cfg: DictConfig) -> float:
         with cluster.stop_before_time_limit():
             record = fit.train(config, run_dir, leading_keys())
     except (ConfigError, *fit.STOPS) as err:
-        stop(err, run_dir, multirun, isinstance(err, fit.RunInterrupted))
+        refused = isinstance(err, ConfigError | fit.DataError)
+        stop(err, run_dir, multirun, refused, isinstance(err, fit.RunInterrupted))
     if config.trainer.fast_dev_run:
         print(
             f"fast_dev_run passed: one batch of each split; test_acc={record['test_acc']:.4f} "

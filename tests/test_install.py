@@ -2,6 +2,8 @@
 default editable install. Each in an interpreter of its own whose path holds this environment's
 dependencies but not the project's folder."""
 
+import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -111,3 +113,30 @@ def _no_build_leftovers():
     for path in PROJECT_DIR.iterdir():
         if path.name not in before and path.name in ("build", "mlp_lab.egg-info"):
             subprocess.run(["rm", "-rf", str(path)], check=True)
+
+
+def test_after_make_data_a_fresh_checkout_trains_with_nothing_exported(real_data_root, tmp_path):
+    # A fresh checkout of this tree: the files git would commit, nothing the set-up made here.
+    checkout = tmp_path / "checkout"
+    listed = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]
+    files = subprocess.run(listed, cwd=PROJECT_DIR, capture_output=True, text=True, check=True)
+    for name in files.stdout.splitlines():
+        if (PROJECT_DIR / name).is_file():
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(PROJECT_DIR / name, checkout / name)
+    venv = Path(sys.executable).parent.parent  # this environment, installed already
+    # The README's set-up, `make data`, with the datasets beside the project as in CI.
+    make = ["make", "-C", str(checkout), "data", f"VENV={venv}", f"SHARED_DATA={real_data_root}"]
+    env = {k: v for k, v in os.environ.items() if k != "MLP_LAB_DATA"}
+    done = subprocess.run(
+        [*make, "-o", f"{venv}/.installed"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (checkout / "data" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+    # Then the README's first command, from the checkout's root, with MLP_LAB_DATA unset.
+    command = [sys.executable, "-m", "mlp_lab.train", "trainer.max_epochs=1"]
+    trained = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert trained.stdout.strip().splitlines()[-1].startswith("test_acc=")
+    (run,) = (checkout / "outputs" / "runs").iterdir()
+    assert (run / "metrics.json").is_file()

@@ -148,7 +148,7 @@ def test_a_model_too_big_for_memory_is_one_line_and_its_record_says_so(synthetic
     assert record["status"] == "failed" and record["error"].startswith("out of memory")
 
 
-def test_cli_corrupt_dataset_stops_before_training(synthetic_root, tmp_path):
+def test_cli_corrupt_dataset_is_refused_before_training(synthetic_root, tmp_path):
     path = synthetic_root / "FashionMNIST/raw" / idx_files("train")[1]
     path.write_bytes(b"\x00\x00\x08\x03" + path.read_bytes()[4:])
     result = run_module(
@@ -157,7 +157,7 @@ def test_cli_corrupt_dataset_stops_before_training(synthetic_root, tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith(f"error: {path} is not an IDX file") and "make data" in error
-    assert not (tmp_path / "run/checkpoints").exists()
+    assert not (tmp_path / "run").exists()  # refused before any work: no run directory
 
 
 @pytest.mark.real_data
