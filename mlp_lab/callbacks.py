@@ -119,6 +119,47 @@ class RunRecord(L.Callback):
         runs.add_epoch(self.run_dir, self.record, self.epochs)
 
 
+def slow_start_causes(cfg: TrainConfig) -> list[str]:
+    """What in a run's settings makes it start slowly, each with what to try."""
+    model, depth = cfg.model, len(cfg.model.hidden)
+    causes = []
+    if model.init_std is not None and model.init_std < 0.05 and depth >= 3 and not model.batch_norm:
+        causes.append(
+            f"N(0, {model.init_std}²) weights over {depth} hidden layers start with signals that "
+            "nearly vanish (try model.init_std=null or model.batch_norm=true)"
+        )
+    if cfg.loss.name == "focal" and cfg.loss.alpha < 1:
+        causes.append(f"loss.alpha={cfg.loss.alpha} shrinks every step as much (try loss.alpha=1)")
+    if cfg.optimizer.lr < (0.01 if cfg.optimizer.name == "sgd" else 1e-4):
+        causes.append(f"optimizer.lr={cfg.optimizer.lr} is small for {cfg.optimizer.name}")
+    return causes or ["try a larger optimizer.lr, model.init_std=null or model.batch_norm=true"]
+
+
+class SlowStart(L.Callback):
+    """One warning when validation accuracy is still near chance after a few epochs, naming the
+    likely causes in the run's settings."""
+
+    EPOCHS = 3
+
+    def __init__(self, cfg: TrainConfig):
+        self.causes = slow_start_causes(cfg)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        acc, chance = (
+            trainer.callback_metrics.get(runs.MONITOR),
+            1 / pl_module.hparams.data["num_classes"],
+        )
+        if trainer.current_epoch + 1 != self.EPOCHS or acc is None or float(acc) >= 3 * chance:
+            return
+        log.warning(
+            "val/acc is %.3f after %d epochs, near chance (%.3f): %s",
+            float(acc),
+            self.EPOCHS,
+            chance,
+            "; ".join(self.causes),
+        )
+
+
 class EarlyStop(EarlyStopping):
     """Lightning's EarlyStopping; a run resumed after it stopped stays stopped."""
 
@@ -196,6 +237,7 @@ def for_run(cfg: TrainConfig, run_dir: Path, record: dict | None) -> list[L.Call
     chosen = [
         *checkpoints(run_dir),
         RunRecord(run_dir, record, verbose=not bar_shown(cfg)),
+        SlowStart(cfg),
     ]
     if cfg.callbacks.early_stopping is not None:
         patience = asdict(cfg.callbacks.early_stopping)

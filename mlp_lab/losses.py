@@ -77,7 +77,7 @@ class HuberLoss(_OneHotLoss):
 class FocalLoss(nn.Module):
     """−α(1 − p_t)^γ log p_t, with p_t the softmax probability of the true class."""
 
-    def __init__(self, alpha: float = 0.25, gamma: float = 2.0):
+    def __init__(self, alpha: float = 1.0, gamma: float = 2.0):
         super().__init__()
         self.alpha, self.gamma = alpha, gamma
 

@@ -65,7 +65,7 @@ def test_bad_values_fail_naming_key_and_allowed_values(override, message):
         ("ce", {"label_smoothing": 0.0}),
         ("mse", {"on": "logits"}),
         ("huber", {"delta": 1.0, "on": "logits"}),
-        ("focal", {"alpha": 0.25, "gamma": 2.0}),
+        ("focal", {"alpha": 1.0, "gamma": 2.0}),
         ("ce_l2", {"lam": 0.01, "covers": "all", "label_smoothing": 0.0}),
     ],
 )
