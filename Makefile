@@ -9,7 +9,7 @@ SHARED_DATA ?= $(abspath ../shared/data)
 FROM := $(if $(wildcard $(SHARED_DATA)/FashionMNIST/raw),--from $(SHARED_DATA))
 ARGS ?=
 
-.PHONY: install data offline-packages cluster-packages train lab bench dashboard test lint clean
+.PHONY: install data offline-packages cluster-packages train lab bench dashboard tensorboard test lint clean
 
 install: $(STAMP)
 
@@ -81,6 +81,15 @@ bench: data
 STORAGE ?= sqlite:///outputs/optuna.db
 dashboard: $(STAMP)
 	$(VENV)/bin/optuna-dashboard $(STORAGE)
+
+# TensorBoard on the runs (LOGDIR=outputs/studies/depth for one study), at an address that pins the
+# lab's four curves first and turns smoothing off: TensorBoard reads both from the address, and its
+# own smoothing (0.6) would bend curves of a few epochs. A sweep's runs are named by what it varies.
+LOGDIR ?= outputs
+PINNED := %5B%7B%22plugin%22%3A%22scalars%22%2C%22tag%22%3A%22train/loss%22%7D%2C%7B%22plugin%22%3A%22scalars%22%2C%22tag%22%3A%22val/loss%22%7D%2C%7B%22plugin%22%3A%22scalars%22%2C%22tag%22%3A%22train/acc%22%7D%2C%7B%22plugin%22%3A%22scalars%22%2C%22tag%22%3A%22val/acc%22%7D%5D
+tensorboard: $(STAMP)
+	@echo "open http://127.0.0.1:6006/?smoothing=0&pinnedCards=$(PINNED)#timeseries"
+	$(VENV)/bin/tensorboard --logdir $(LOGDIR) --host 127.0.0.1 --port 6006
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

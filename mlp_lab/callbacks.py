@@ -101,7 +101,7 @@ class RunRecord(L.Callback):
         (epoch, seconds), self._pending = self._pending, None
         metrics = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items()}
         for logger in trainer.loggers:
-            logger.log_metrics({"time/epoch_s": seconds}, step=trainer.global_step)
+            logger.log_metrics({"time/epoch_s": seconds}, step=epoch)
         entry = {"epoch": epoch, "train_loss": metrics["train/loss"]}
         entry.update(train_acc=metrics["train/acc"], val_loss=metrics.get("val/loss"))
         entry.update(val_acc=metrics.get("val/acc"), epoch_time_s=round(seconds, 4))

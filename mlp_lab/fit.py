@@ -44,19 +44,19 @@ class OutOfMemory(RuntimeError):
 STOPS = (DataError, TrainingDiverged, RunInterrupted, OutOfMemory)
 
 
-def train(cfg: TrainConfig, run_dir: Path, lead: Sequence[str] = ()) -> dict:
+def train(cfg: TrainConfig, run_dir: Path, lead: Sequence[str] = (), label: str = "") -> dict:
     """Fit, test the checkpoint with the best val accuracy, and return the run's record (under
     DDP, rank 0's; the others return {}). `lead`: the keys the loggers' tables of settings show
-    first (those a sweep varies)."""
+    first (those a sweep varies); `label`: what names a sweep's run in TensorBoard."""
     try:
-        return _train(cfg, run_dir, lead)
+        return _train(cfg, run_dir, lead, label)
     except (MemoryError, RuntimeError) as err:
         if (why := out_of_memory(err)) is None:
             raise
         raise OutOfMemory(why) from None
 
 
-def _train(cfg: TrainConfig, run_dir: Path, lead: Sequence[str]) -> dict:
+def _train(cfg: TrainConfig, run_dir: Path, lead: Sequence[str], label: str) -> dict:
     wall_start, started = time.perf_counter(), time.time()
     use_threads(cfg.num_threads)
     dm, module = build(cfg)
@@ -69,11 +69,11 @@ def _train(cfg: TrainConfig, run_dir: Path, lead: Sequence[str]) -> dict:
     if cluster.process_rank() == 0:
         params, resumed = module.num_parameters, bool(cfg.resume)
         record = runs.start(run_dir, asdict(cfg), params, started, resumed)
-    logger = loggers.build(cfg.logger, run_dir)  # a list, possibly empty
+    logger = loggers.build(cfg.logger, run_dir, label)  # a list, possibly empty
     trainer = L.Trainer(
         **trainer_arguments(cfg, run_dir),
         logger=logger,
-        callbacks=[*callbacks.for_run(cfg, run_dir, record), *loggers.callbacks(logger)],
+        callbacks=callbacks.for_run(cfg, run_dir, record),
     )
     if record is not None:
         note_global_batch(trainer.world_size, cfg.data.batch_size)
@@ -84,6 +84,7 @@ def _train(cfg: TrainConfig, run_dir: Path, lead: Sequence[str]) -> dict:
         return {}
     times = {"fit_time_s": fit_time, "wall_time_s": time.perf_counter() - wall_start}
     kept = results(trainer, test, run_dir, len(record["history"]))
+    kept |= loggers.mlflow_run(logger, cfg.logger)
     record = runs.finish(run_dir, record, pruned(trainer), times, **kept)
     if start_from is not None:
         record["started_from"] = str(start_from)
@@ -91,7 +92,7 @@ def _train(cfg: TrainConfig, run_dir: Path, lead: Sequence[str]) -> dict:
     figures = draw(module, dm, record["history"], run_dir)
     finals = {f"final/{k}": record[k] for k in ("best_val_acc", "test_acc", "test_loss")}
     settings = loggers.run_settings(cfg, lead)
-    loggers.send_results(logger, settings, finals, figures, trainer.global_step)
+    loggers.send_results(logger, settings, finals, figures, record["epochs"])
     return record
 
 

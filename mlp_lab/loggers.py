@@ -8,9 +8,11 @@ the report can read which settings define a run without it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 from mlp_lab.config import ConfigError, LoggerConfig, MLflowConfig, TrainConfig
 
 if TYPE_CHECKING:
-    from lightning.pytorch.callbacks import Callback
     from lightning.pytorch.loggers import Logger, MLFlowLogger
 
 SQLITE = "sqlite:///"
@@ -59,33 +60,32 @@ def run_settings(cfg: TrainConfig, first: Sequence[str] = ()) -> dict[str, Any]:
     return {name.replace(".", "/"): settings[name] for name in [*lead, *settings]}
 
 
-def build(cfg: LoggerConfig, run_dir: Path) -> list[Logger]:
+def build(cfg: LoggerConfig, run_dir: Path, label: str = "") -> list[Logger]:
     """The Lightning loggers of a run in `run_dir`; an MLflow run is created here, before training,
-    so that a store it cannot reach stops the run at once."""
+    so that a store it cannot reach stops the run at once. `label` names a sweep's run in
+    TensorBoard by what the sweep varies: run_dir/tensorboard/<label>/."""
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     loggers: list[Logger] = []
     if cfg.tensorboard is not None:
+        # A resumed run goes on writing where it began, whatever its command line now says.
+        began = sorted(p.parent for p in (run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+        version = str(began[0].relative_to(run_dir / "tensorboard")) if began else label
+        version = "" if version == "." else version
         loggers.append(
-            TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False)
+            TensorBoardLogger(run_dir, name="tensorboard", version=version, default_hp_metric=False)
         )
     if cfg.csv is not None:
         # One version per part of the run: a resumed part would otherwise replace metrics.csv.
         loggers.append(CSVLogger(run_dir, name="csv"))
     if cfg.mlflow is not None:
-        loggers.append(mlflow_logger(cfg.mlflow, run_dir))
+        loggers.append(mlflow_logger(cfg.mlflow, run_dir, label))
     return loggers
 
 
-def callbacks(loggers: list[Logger]) -> list[Callback]:
-    """The learning rate per epoch, for the loggers; LearningRateMonitor refuses a run without."""
-    from lightning.pytorch.callbacks import LearningRateMonitor
-
-    return [LearningRateMonitor("epoch")] if loggers else []
-
-
-def mlflow_logger(cfg: MLflowConfig, run_dir: Path) -> MLFlowLogger:
-    """An MLflow run named after the run directory (a sweep's job: <sweep>/<job>)."""
+def mlflow_logger(cfg: MLflowConfig, run_dir: Path, label: str = "") -> MLFlowLogger:
+    """An MLflow run named after the run directory (a sweep's job: <sweep>/<job> and what its
+    sweep varies)."""
     try:
         import mlflow
     except ImportError:
@@ -93,7 +93,7 @@ def mlflow_logger(cfg: MLflowConfig, run_dir: Path) -> MLFlowLogger:
     from lightning.pytorch.loggers import MLFlowLogger
     from sqlalchemy.exc import SQLAlchemyError
 
-    uri, artifacts = cfg.tracking_uri, None
+    uri, artifacts, alone = cfg.tracking_uri, None, contextlib.nullcontext()
     if uri.startswith(("http://", "https://")):
         check_reachable(uri)
     elif uri.startswith(SQLITE):
@@ -104,22 +104,59 @@ def mlflow_logger(cfg: MLflowConfig, run_dir: Path) -> MLFlowLogger:
         except OSError as err:
             raise ConfigError(f"logger.mlflow.tracking_uri={uri!r}: {err}") from None
         artifacts = (database.parent / "mlartifacts").resolve().as_uri()
+        # Runs starting together would each create a new store's tables, and its experiment.
+        alone = one_at_a_time(database.with_name(f"{database.name}.lock"))
     name = run_dir.name if not run_dir.name.isdigit() else f"{run_dir.parent.name}/{run_dir.name}"
+    name = f"{name} {label}" if label else name
     try:
-        logger = MLFlowLogger(
-            experiment_name=cfg.experiment_name,
-            run_name=name,
-            tracking_uri=uri,
-            tags={"run_dir": str(run_dir.resolve())},
-            artifact_location=artifacts,
-        )
-        logger.run_id  # noqa: B018  (creates the experiment and the run)
+        with alone:
+            logger = MLFlowLogger(
+                experiment_name=cfg.experiment_name,
+                run_name=name,
+                tracking_uri=uri,
+                tags={"run_dir": str(run_dir.resolve())},
+                artifact_location=artifacts,
+            )
+            logger.run_id  # noqa: B018  (creates the experiment and the run)
+            # MLflow 3 opens an experiment of this kind on its runs, not on GenAI traces.
+            kind = ("mlflow.experimentKind", "custom_model_development")
+            logger.experiment.set_experiment_tag(logger.experiment_id, *kind)
     except (mlflow.MlflowException, SQLAlchemyError) as err:
         raise ConfigError(
             f"logger.mlflow.tracking_uri={uri!r}: MLflow could not start a run in experiment "
             f"{cfg.experiment_name!r} ({str(err).strip().splitlines()[0]})"
         ) from None
     return logger
+
+
+@contextlib.contextmanager
+def one_at_a_time(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file `lock` (the kernel drops it if the process dies)."""
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield
+
+
+def mlflow_run(loggers: list[Logger], cfg: LoggerConfig) -> dict:
+    """Where the run's MLflow run is, for its record: {"mlflow": {tracking_uri, experiment_id,
+    run_id}}, or {} without one."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    for logger in loggers:
+        if isinstance(logger, MLFlowLogger):
+            ids = {"experiment_id": logger.experiment_id, "run_id": logger.run_id}
+            return {"mlflow": {"tracking_uri": cfg.mlflow.tracking_uri, **ids}}
+    return {}
+
+
+def mlflow_view(run: dict) -> str:
+    """How to see a run's experiment in MLflow, opened on its runs (MLflow 3 opens its GenAI view
+    unless the address asks for model training)."""
+    page = f"#/experiments/{run['experiment_id']}?workflowType=machine_learning"
+    uri = run["tracking_uri"]
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000/{page}"
 
 
 def check_reachable(uri: str) -> None:

@@ -91,6 +91,12 @@ class MLPClassifier(L.LightningModule):
             # the same value; sync_dist only tells Lightning so (a mean of equal numbers).
             self.log(f"{stage}/{name}", metric.compute(), sync_dist=True)
             metric.reset()
+        if stage == "train":  # the learning rate the epoch ended with
+            optimizer = self.trainer.optimizers[0]
+            self.log(f"lr-{type(optimizer).__name__}", optimizer.param_groups[0]["lr"])
+        # Lightning takes a logged "step" for the loggers' x-axis: the epoch (1, 2, ...), not the
+        # optimizer steps; the test is drawn at the last epoch.
+        self.log("step", float(self.trainer.current_epoch + (stage != "test")))
 
     def training_step(self, batch, batch_idx):
         """The batch's loss, for Lightning's step (its clipping and accumulation when set)."""

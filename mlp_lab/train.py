@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.mlp_lab_launcher import LocalLauncher, SlurmLauncher
 from hydra_plugins.mlp_lab_sweeper import OptunaSweeper
-from mlp_lab import cluster, messages, runs
+from mlp_lab import cluster, loggers, messages, runs
 from mlp_lab.cli import CONF_DIR, one_line_errors
 from mlp_lab.config import ConfigError, SweeperConfig, TrainConfig
 
@@ -90,7 +90,19 @@ def leading_keys() -> list[str]:
     given = list(OmegaConf.load(saved).hydra.overrides.task) if saved.is_file() else []
     swept = OverridesParser.create().parse_overrides(given)
     keys = [o.key_or_group for o in swept if o.is_sweep_override()]
-    return keys + list(hydra_cfg.sweeper.get("params") or {})
+    study = list(hydra_cfg.sweeper.get("params") or {})  # what the study varies, then the seeds
+    return study + [key for key in keys if key not in study]
+
+
+def sweep_label() -> str:
+    """What tells a sweep's run from the others: the values it was given for the keys the sweep
+    varies (`model.batch_norm=true/seed=0`); "" for a single run."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return ""
+    given = dict(o.lstrip("+~").split("=", 1) for o in hydra_cfg.overrides.task if "=" in o)
+    shown = {"True": "true", "False": "false"}  # as the configs write them
+    return "/".join(f"{k}={shown.get(given[k], given[k])}" for k in leading_keys() if k in given)
 
 
 def stop(
@@ -154,7 +166,7 @@ def main(cfg: DictConfig) -> float:
     logging.getLogger("lightning").handlers.clear()
     try:
         with cluster.stop_before_time_limit():
-            record = fit.train(config, run_dir, leading_keys())
+            record = fit.train(config, run_dir, leading_keys(), sweep_label())
     except (ConfigError, *fit.STOPS) as err:
         refused = isinstance(err, ConfigError | fit.DataError)
         stop(err, run_dir, multirun, refused, isinstance(err, fit.RunInterrupted))
@@ -175,11 +187,12 @@ def last_line(record: dict, run_dir: Path) -> str:
         early = f"stopped early at epoch {record['stopped_early']['epoch']} "
     if runs.status(record) is runs.Status.PRUNED:
         early = f"pruned by its search after epoch {record['epochs']} "
-    return (
+    line = (
         f"test_acc={record['test_acc']:.4f} best_val_acc={record['best_val_acc']:.4f} "
         f"(epoch {record['best_epoch']}) params={record['params']:,} "
         f"wall={record['wall_time_s']:.1f}s {early}run={run_dir}"
     )
+    return f"{line} mlflow: {loggers.mlflow_view(record['mlflow'])}" if "mlflow" in record else line
 
 
 register()

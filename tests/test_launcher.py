@@ -73,6 +73,9 @@ def test_a_killed_job_is_its_own_and_resume_finishes_it_as_if_never_killed(
     assert [e["epoch"] for e in record["history"]] == [1, 2, 3]
     a, b = weights(sweep / "1"), weights(sweep / "0")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # Its TensorBoard log goes on in the folder that names it by what the sweep varies.
+    logs = {p.parent.relative_to(sweep / "1") for p in (sweep / "1").rglob("events.out.*")}
+    assert logs == {Path("tensorboard/seed=0")}
 
     assert resume.main([str(sweep)]) == 0
     assert capsys.readouterr().out.strip() == f"nothing to resume under {sweep}"

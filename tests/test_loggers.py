@@ -108,15 +108,26 @@ def test_a_sweep_with_every_logger_reads_back_in_mlflow(synthetic_root, tmp_path
         f"logger.mlflow.tracking_uri={store}",
         "logger.mlflow.experiment_name=sweep",
         f"hydra.sweep.dir={sweep}",
+        # Both jobs at once, on a store neither has created yet.
+        "hydra/launcher=local",
+        "hydra.launcher.n_jobs=2",
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("test_acc=")]
+    opened = f"mlflow ui --backend-store-uri {store}, then http://127.0.0.1:5000/#/experiments/"
+    assert len(lines) == 2 and all(f" mlflow: {opened}" in line for line in lines)
+    assert all(line.endswith("?workflowType=machine_learning") for line in lines)
 
     client = MlflowClient(store)
     mlflow.set_tracking_uri(store)
+    # Marked as model training: MLflow 3 opens it on its runs, not on GenAI traces.
+    experiment = client.get_experiment_by_name("sweep")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     found = mlflow.search_runs(experiment_names=["sweep"], output_format="list")
-    assert sorted(run.info.run_name for run in found) == ["sweep/0", "sweep/1"]
+    # Named by the job and what its sweep varies.
+    assert sorted(run.info.run_name for run in found) == ["sweep/0 seed=1", "sweep/1 seed=2"]
     for run in found:
-        job = sweep / run.info.run_name.split("/")[1]
+        job = sweep / run.info.run_name.split()[0].split("/")[1]
         record = json.loads((job / "metrics.json").read_text())
         cfg = load_config(*yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))
         assert run.info.status == "FINISHED" and run.data.tags["run_dir"] == str(job.resolve())
@@ -127,12 +138,17 @@ def test_a_sweep_with_every_logger_reads_back_in_mlflow(synthetic_root, tmp_path
         )
         for key in ("best_val_acc", "test_acc", "test_loss"):
             assert run.data.metrics[f"final/{key}"] == pytest.approx(record[key], abs=1e-6)
+        assert record["mlflow"] == {
+            "tracking_uri": store,
+            "experiment_id": experiment.experiment_id,
+            "run_id": run.info.run_id,
+        }
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert artifacts == FIGURES
         # The local store keeps its artifacts beside its database.
         assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
         # The other two loggers of logger=many wrote into the job's directory.
-        assert list((job / "tensorboard").glob("events.out.tfevents.*"))
+        assert list((job / "tensorboard").rglob("events.out.tfevents.*"))
         assert (job / "csv" / "version_0" / "metrics.csv").is_file()
     assert {run.data.params["seed"] for run in found} == {"1", "2"}
 

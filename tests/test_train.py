@@ -332,9 +332,11 @@ def test_parallel_and_cluster_launchers_run_every_job(launcher, synthetic_root, 
     assert result.stdout.strip().splitlines()[-1] == (
         f"2 runs: 2 completed (report: python -m mlp_lab.report {tmp_path})"
     )
-    # HPARAMS: the swept key first, the others after; a boolean reads true or false.
-    events = EventAccumulator(str(tmp_path / "0" / "tensorboard"))
+    # TensorBoard names each run by what the sweep varies, and draws it against the epoch.
+    events = EventAccumulator(str(tmp_path / "0" / "tensorboard" / "seed=0"))
     events.Reload()
+    assert [s.step for s in events.Scalars("val/acc")] == [1] and "epoch" not in events.Tags()
+    # HPARAMS: the swept key first, the others after; a boolean reads true or false.
     content = events.PluginTagToContent("hparams")
     infos = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment.hparam_infos
     assert infos[0].name == "seed" and "model/batch_norm" in [i.name for i in infos[1:]]
