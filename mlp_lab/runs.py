@@ -154,6 +154,12 @@ def start(run_dir: Path, config: dict, params: int, started: float, resumed: boo
     return record
 
 
+def start_fit(run_dir: Path, record: dict) -> None:
+    """The part's training begins (a killed part's fit time counts from here)."""
+    record["parts"][-1]["fit_started"] = time.time()
+    write_record(run_dir, record)
+
+
 def add_epoch(run_dir: Path, record: dict, history: list[dict]) -> None:
     """An epoch ended: the history so far, and a heartbeat."""
     record["parts"][-1]["heartbeat"] = time.time()

@@ -155,6 +155,13 @@ def test_values_refused_before_any_work_leave_no_run_directory(capsys, monkeypat
         error = one_line_error(capsys, monkeypatch, mlp_lab.train, override)
         assert error.startswith(f"error: {override.split('=')[0]}="), error
         assert error.endswith(allowed) and "\n" not in error, error
+    # A study given without -m would train one default run: refused with the command to use.
+    assert one_line_error(
+        capsys, monkeypatch, mlp_lab.train, "experiment=batch_norm", "seed=3"
+    ) == (
+        "error: experiment=batch_norm is a study, a sweep over model.batch_norm=false,true: run "
+        "it with -m: python -m mlp_lab.train -m experiment=batch_norm seed=3"
+    )
     if not torch.cuda.is_available():  # a preset whose device is missing
         assert one_line_error(capsys, monkeypatch, mlp_lab.train, "trainer=gpu") == (
             "error: trainer.accelerator='gpu' is not allowed: no CUDA GPU on this machine; "

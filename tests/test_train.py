@@ -14,6 +14,7 @@ from conftest import assert_checkpoint_scores, fast_overrides, quiet
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
+from mlp_lab import runs
 from mlp_lab.config import ConfigError
 from mlp_lab.data import idx_files, load_split
 from mlp_lab.fit import train
@@ -243,6 +244,28 @@ def test_sigterm_then_resume_ends_as_an_uninterrupted_run(synthetic_root, tmp_pa
     ]
     assert yaml.safe_load((stopped / ".hydra/overrides.yaml").read_text()) == overrides[:]
     assert list((stopped / ".hydra").glob("resumed_*/overrides.yaml"))
+
+
+def test_stopped_in_its_first_epoch_a_run_says_nothing_is_saved_and_starts_again(
+    synthetic_root, tmp_path
+):
+    # Validation one image at a time makes the first epoch last a second or two.
+    slow = ["data.val_size=1000", "data.eval_batch_size=1", "trainer.max_epochs=2"]
+    run = tmp_path / "run"
+    proc = Command("mlp_lab.train", *fast_overrides(synthetic_root, *slow), f"hydra.run.dir={run}")
+    deadline = time.monotonic() + 120
+    while "fit_started" not in str(runs.earlier_record(run)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # Lightning's own SIGTERM handling begins with fit
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 1 and _metrics(run)["history"] == [], stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == (
+        "stopped: interrupted in epoch 1: no epoch had ended, so none is saved; start it again "
+        f"with `python -m mlp_lab.train resume={run}`"
+    )
+    resumed = run_module("mlp_lab.train", f"resume={run}", "trainer.max_epochs=1")
+    assert resumed.returncode == 0 and [e["epoch"] for e in _metrics(run)["history"]] == [1]
 
 
 def test_resume_keeps_the_saved_config_and_refuses_group_changes(synthetic_root, tmp_path):
@@ -531,6 +554,9 @@ def test_ddp_sim_trains_on_two_cpu_processes(synthetic_root, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "distributed_backend=gloo" in result.stdout + result.stderr
     assert result.stdout.count("test_acc=") == 1 and _metrics(run)["status"] == "completed"
+    # Each step sees both processes' batches: said, so that no one compares it with one device.
+    said = "2 processes, each with batches of 64: a step sees 128 images"
+    assert said in result.stdout + result.stderr
 
 
 @pytest.mark.gpu
