@@ -151,6 +151,8 @@ class SlowStart(L.Callback):
         )
         if trainer.current_epoch + 1 != self.EPOCHS or acc is None or float(acc) >= 3 * chance:
             return
+        if not trainer.is_global_zero:  # said once, not by each DDP process
+            return
         log.warning(
             "val/acc is %.3f after %d epochs, near chance (%.3f): %s",
             float(acc),

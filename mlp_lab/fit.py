@@ -86,10 +86,9 @@ def _train(cfg: TrainConfig, run_dir: Path, lead: Sequence[str], label: str) -> 
     times = {"fit_time_s": fit_time, "wall_time_s": time.perf_counter() - wall_start}
     kept = results(trainer, test, run_dir, len(record["history"]))
     kept |= loggers.mlflow_run(logger, cfg.logger)
-    record = runs.finish(run_dir, record, pruned(trainer), times, **kept)
     if start_from is not None:
-        record["started_from"] = str(start_from)
-        runs.write_record(run_dir, record)
+        kept["started_from"] = str(start_from)
+    record = runs.finish(run_dir, record, pruned(trainer), times, **kept)
     figures = draw(module, dm, record["history"], run_dir)
     finals = {f"final/{k}": record[k] for k in ("best_val_acc", "test_acc", "test_loss")}
     settings = loggers.run_settings(cfg, lead)
