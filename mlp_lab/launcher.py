@@ -144,6 +144,9 @@ def run_jobs(jobs: Sequence[Callable[[], Any]], n_jobs: int, threads: int, start
             except KeyboardInterrupt:
                 stopping = True
                 continue
+            # The kernel's count of out-of-memory kills, once for every job that ended since the
+            # last look: two that end together are both weighed against the count before them.
+            oom_now = _oom_kills()
             for index, (process, receive) in list(running.items()):
                 if receive not in ready and process.sentinel not in ready:
                     continue
@@ -153,16 +156,16 @@ def run_jobs(jobs: Sequence[Callable[[], Any]], n_jobs: int, threads: int, start
                 receive.close()
                 del running[index]
                 if endings[index] is None:
-                    endings[index] = Ending(died_of=_death(process.exitcode, oom_seen))
-                oom_seen = _oom_kills()
+                    endings[index] = Ending(died_of=_death(process.exitcode, oom_seen, oom_now))
+            oom_seen = oom_now
     finally:
         signal.signal(signal.SIGTERM, previous)
     return [e or Ending(started=False) for e in endings]
 
 
-def _death(exitcode: int | None, oom_seen: int | None) -> str:
+def _death(exitcode: int | None, oom_seen: int | None, oom_now: int | None) -> str:
     if exitcode is not None and exitcode < 0:
-        if oom_seen is not None and (_oom_kills() or 0) > oom_seen:
+        if oom_seen is not None and (oom_now or 0) > oom_seen:
             return "out of memory (the kernel's out-of-memory killer)"
         return f"killed by {signal.Signals(-exitcode).name}"
     return f"exited with code {exitcode} without a result"
