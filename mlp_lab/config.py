@@ -5,6 +5,7 @@ Neither needs torch: `--help`, a misspelt key, a wrong value and `--cfg` answer 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -308,6 +309,29 @@ class LoggerConfig:
     mlflow: MLflowConfig | None = None
 
 
+CLAIM = re.compile(r"(.+?) ([>=]) (.+)")
+
+
+@dataclass
+class StudyConfig:
+    """What a study of conf/experiment/ asks and what the original lab found: the report's words.
+
+    A claim is "A > B" (A scored higher) or "A = B", on test accuracy; a side is a variant as the
+    report names it (model.batch_norm=true) or, in a one-variant study, a metric of the last epoch
+    (train_acc).
+    """
+
+    question: str | None = None
+    order: int = 0  # its place in the lab's report
+    lab_found: str | None = None  # the lab's numbers and its conclusion, in words
+    lab_claims: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        check = _checker("study.", self)
+        claims = all(CLAIM.fullmatch(c) for c in self.lab_claims)
+        check("lab_claims", claims, 'claims like "model.batch_norm=true > model.batch_norm=false"')
+
+
 @dataclass
 class TrainConfig:
     data: DataConfig = MISSING
@@ -324,6 +348,7 @@ class TrainConfig:
     resume: str | None = None  # a run directory: continue it from its last.ckpt, in place
     ckpt_path: str | None = None  # a checkpoint: continue training from it in a new run
     trial: TrialConfig = field(default_factory=TrialConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
     def __post_init__(self):
         check = _checker("", self)

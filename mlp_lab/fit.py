@@ -88,8 +88,10 @@ def _train(cfg: TrainConfig, run_dir: Path, lead: Sequence[str], label: str) -> 
     kept |= loggers.mlflow_run(logger, cfg.logger)
     if start_from is not None:
         kept["started_from"] = str(start_from)
+    preds, matrix = confusion(module, dm)
+    kept["test_confusion"] = {"classes": dm.class_names, "counts": matrix.tolist()}
     record = runs.finish(run_dir, record, pruned(trainer), times, **kept)
-    figures = draw(module, dm, record["history"], run_dir)
+    figures = draw(dm, preds, matrix, record["history"], run_dir)
     finals = {f"final/{k}": record[k] for k in ("best_val_acc", "test_acc", "test_loss")}
     settings = loggers.run_settings(cfg, lead)
     loggers.send_results(logger, settings, finals, figures, record["epochs"])
@@ -224,17 +226,23 @@ def results(trainer: L.Trainer, test: dict, run_dir: Path, epochs: int) -> dict:
     return kept
 
 
+def confusion(module: MLPClassifier, dm: MNISTDataModule) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tested checkpoint's class for each test image, and their counts by true class (rows)
+    and predicted class: the report reads where a variant goes wrong from them."""
+    x, y = dm.splits["test"]
+    preds = module.classes(x, dm.eval_batch_size)
+    return preds, multiclass_confusion_matrix(preds, y.cpu(), dm.num_classes)
+
+
 def draw(
-    module: MLPClassifier, dm: MNISTDataModule, history: list[dict], run_dir: Path
+    dm: MNISTDataModule, preds: torch.Tensor, matrix: torch.Tensor, history: list[dict], run_dir
 ) -> dict[str, Figure]:
     """curves.png, predictions.png (the first 12 test images) and confusion.png (the whole test
     set) in the run directory; the figures by name."""
     x, y = dm.splits["test"]
-    preds, y, names = module.classes(x, dm.eval_batch_size), y.cpu(), dm.class_names
-    shown = x[:12].cpu(), y[:12], preds[:12], names, run_dir / "predictions.png"
-    matrix = multiclass_confusion_matrix(preds, y, len(names))
+    shown = x[:12].cpu(), y[:12].cpu(), preds[:12], dm.class_names, run_dir / "predictions.png"
     return {
         "curves": plot_curves(history, run_dir / "curves.png"),
         "predictions": plot_predictions(*shown),
-        "confusion": plot_confusion(matrix.numpy(), names, run_dir / "confusion.png"),
+        "confusion": plot_confusion(matrix.numpy(), dm.class_names, run_dir / "confusion.png"),
     }

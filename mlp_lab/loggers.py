@@ -28,7 +28,7 @@ SQLITE = "sqlite:///"
 # settings that TensorBoard's HPARAMS tab compares and of the report's variant labels.
 LOGISTICS = (
     *("data.root", "data.download", "data.eval_batch_size", "model.compile", "callbacks.rich"),
-    *("num_threads", "resume", "ckpt_path", "trial", "logger"),
+    *("num_threads", "resume", "ckpt_path", "trial", "logger", "study"),
     *(f"trainer.{key}" for key in ("accelerator", "devices", "strategy", "num_nodes", "profiler")),
     *(f"trainer.{key}" for key in ("fast_dev_run", "detect_anomaly", "log_every_n_steps")),
     *(f"trainer.{key}" for key in ("enable_progress_bar", "progress_bar_refresh_rate")),

@@ -8,9 +8,11 @@ python -m mlp_lab.xor --interactive         # ask for inputs until EOF or q
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import hydra
 import torch
@@ -20,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from mlp_lab.cli import CONF_DIR, one_line_errors
+from mlp_lab.config import StudyConfig
 
 INPUTS = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
 TARGETS = torch.tensor([[0.0], [1.0], [1.0], [0.0]])
@@ -35,6 +38,7 @@ class XORConfig:
     log_every: int = 1_000  # epochs between loss lines; 0 for none
     predict: list[int] | None = None  # e.g. [0, 1]: print one prediction
     interactive: bool = False
+    record: str | None = None  # with seeds: a JSON file of each seed's result, for the report
 
     def __post_init__(self):
         for key in ("hidden", "epochs", "seeds"):
@@ -121,7 +125,16 @@ def interact(model: XORNet, read: Callable[[str], str] = input, echo=print) -> N
         echo(f"prediction: {rounded}  (output {raw:.4f})")
 
 
-ConfigStore.instance().store(name="xor_schema", node={"xor": XORConfig})
+def write_record(path: Path, xor: XORConfig, study: dict, results: list) -> None:
+    """Each seed's final loss and whether it solved XOR, with the settings and the study's words:
+    what the report reads."""
+    seeds = [{"seed": s, "final_loss": loss, "solved": solves(m)} for s, m, loss in results]
+    settings = {k: getattr(xor, k) for k in ("hidden", "lr", "epochs")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"xor": settings, "study": study, "seeds": seeds}, indent=1))
+
+
+ConfigStore.instance().store(name="xor_schema", node={"xor": XORConfig, "study": StudyConfig})
 
 
 @one_line_errors("mlp_lab.xor")
@@ -139,6 +152,9 @@ def main(cfg: DictConfig) -> None:
             )
         solved = sum(solves(model) for _, model, _ in results)
         print(f"{solved}/{xor.seeds} seeds solved XOR with {xor.hidden} hidden units")
+        if xor.record:
+            study = OmegaConf.to_container(cfg.study)
+            write_record(Path(xor.record), xor, study, results)
         return
     model, _ = train_xor(xor, xor.seed, echo=print)
     print(truth_table(model))
