@@ -9,7 +9,7 @@ SHARED_DATA ?= $(abspath ../shared/data)
 FROM := $(if $(wildcard $(SHARED_DATA)/FashionMNIST/raw),--from $(SHARED_DATA))
 ARGS ?=
 
-.PHONY: install data offline-packages cluster-packages train lab bench dashboard tensorboard test lint clean
+.PHONY: install data offline-packages cluster-packages browser train lab bench dashboard tensorboard test lint clean
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ offline-packages:
 cluster-packages:
 	$(SUDO) apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq slurmctld slurmd slurm-client munge; }
+
+# Headless Chromium: the tests open the lab's report.html in it.
+browser:
+	command -v chromium >/dev/null || $(SUDO) apt-get install -y -qq chromium >/dev/null || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 
 train: data
 	$(PY) -m mlp_lab.train $(ARGS)

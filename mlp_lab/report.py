@@ -1,33 +1,35 @@
-"""The report that compares runs: one table and one figure per study.
+"""The lab's report: for each study its question, settings, table, figures and answer in words,
+with the original lab's finding checked beside ours; report.md and a self-contained report.html.
 
-    python -m mlp_lab.report outputs/studies/batch_norm/2026-11-28_17-06-41 [more dirs] [--out DIR]
+    python -m mlp_lab.report outputs/lab/*/ [more run or sweep dirs] [--out DIR]
 
 A directory is a run (it holds `.hydra/`), a sweep (numbered runs beside `multirun.yaml`), or any
-folder above them. Runs are grouped by sweep, variants by the overrides that differ between runs,
-and seeds are averaged; each variant is compared with the best variant, seed by seed.
+folder above them; XOR records (xor.json) below them are read too.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import logging
 import re
 import statistics
 import sys
+import time
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 import yaml
 from matplotlib.figure import Figure
-from scipy import stats
+from matplotlib.ticker import LogFormatter, MaxNLocator
 
-from mlp_lab import runs
+from mlp_lab import findings, runs
 from mlp_lab.cluster import machine
 from mlp_lab.figures import save
-from mlp_lab.loggers import LOGISTICS
+from mlp_lab.studies import Study, Variant, compare, find_studies, seed_of, swept_keys, variants
 
 log = logging.getLogger(__name__)
 
@@ -41,158 +43,6 @@ COLUMNS = (
     "s/epoch",
     "total s",
 )
-# Overrides that change how a run is carried out or shown, not what it computes.
-COSMETIC = ("experiment", "hparams_search", "hydra.", *LOGISTICS)
-
-
-@dataclass
-class Run:
-    path: Path
-    record: dict
-    overrides: dict[str, str]
-
-
-@dataclass
-class Study:
-    name: str
-    path: Path
-    runs: list[Run] = field(default_factory=list)
-    skipped: dict[Path, str] = field(default_factory=dict)  # run directory: why
-
-
-def find_studies(dirs: list[Path]) -> list[Study]:
-    """Every run below the given directories, grouped by the sweep (or single run) it belongs to."""
-    studies: dict[Path, Study] = {}
-    for directory in dirs:
-        if not directory.is_dir():
-            raise FileNotFoundError(f"{directory} is not a directory")
-        for run_dir in runs.find_runs(directory):
-            is_job = (run_dir.parent / "multirun.yaml").is_file()
-            home = run_dir.parent if is_job else run_dir
-            overrides = runs.overrides(run_dir)
-            name = overrides.get("experiment") or home.name
-            study = studies.setdefault(home, Study(name, home))
-            try:
-                record = runs.read_record(run_dir)
-            except runs.RunError as err:
-                study.skipped[run_dir] = str(err)
-                continue
-            if runs.status(record) is runs.Status.COMPLETED:
-                study.runs.append(Run(run_dir, record, overrides))
-            else:
-                study.skipped[run_dir] = runs.describe(run_dir, record)
-    if not studies:
-        raise FileNotFoundError(
-            f"no runs (directories with .hydra/) in {', '.join(map(str, dirs))}: "
-            "give run or sweep directories, e.g. outputs/studies/<study>/<time>"
-        )
-    return sorted(studies.values(), key=lambda s: str(s.path))
-
-
-def swept_keys(runs: list[Run]) -> list[str]:
-    """Override keys whose value differs between runs, seeds and cosmetic settings excepted."""
-    keys = {k for run in runs for k in run.overrides if k != "seed" and not k.startswith(COSMETIC)}
-    keys = sorted(keys)
-    return [k for k in keys if len({run.overrides.get(k) for run in runs}) > 1]
-
-
-@dataclass
-class Variant:
-    label: str
-    runs: list[Run]
-
-    def values(self, key: str) -> list[float]:
-        return [run.record[key] for run in self.runs]
-
-    def mean_std(self, key: str) -> tuple[float, float]:
-        values = self.values(key)
-        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-    def by_seed(self, key: str) -> dict[str, float]:
-        """Seed → value, averaged over the runs of that seed."""
-        values: dict[str, list[float]] = defaultdict(list)
-        for run in self.runs:
-            values[seed_of(run)].append(run.record[key])
-        return {s: statistics.fmean(v) for s, v in values.items()}
-
-    def curve(self, key: str) -> list[float]:
-        """Per-epoch mean over seeds, as long as the shortest run."""
-        histories = [run.record["history"] for run in self.runs]
-        length = min(len(h) for h in histories)
-        return [statistics.fmean(h[i][key] for h in histories) for i in range(length)]
-
-
-def seed_of(run: Run) -> str:
-    """The run's seed: from its config, else its override; "default" for the config's default."""
-    config = run.record.get("config")
-    if isinstance(config, dict) and "seed" in config:
-        return str(config["seed"])
-    return run.overrides.get("seed", "default")
-
-
-@dataclass
-class Comparison:
-    """A variant's value minus the best's: the mean difference and its 95 % t-interval."""
-
-    mean: float
-    low: float
-    high: float
-    paired_seeds: int  # 0: unpaired (Welch)
-
-    def verdict(self) -> str:
-        if self.low > 0:
-            word = "better"
-        elif self.high < 0:
-            word = "worse"
-        else:
-            word = "no clear difference"
-        how = f"paired, {self.paired_seeds} seeds" if self.paired_seeds else "unpaired, Welch"
-        return f"{word} ({how})"
-
-    def interval(self) -> str:
-        return f"{self.mean:.4f} [{self.low:.4f}, {self.high:.4f}]"
-
-
-def compare(variant: Variant, best: Variant, key: str = "best_val_acc") -> Comparison | None:
-    """`variant` − `best` on `key`, paired by seed where they share two or more seeds, else
-    Welch's unpaired interval; None with one run on either side, whose noise cannot be told."""
-    mine, theirs = variant.by_seed(key), best.by_seed(key)
-    shared = sorted(mine.keys() & theirs.keys())
-    with warnings.catch_warnings():
-        # Equal differences on every seed give a zero-width interval, as they should; SciPy
-        # warns of precision loss there.
-        warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
-        # A seed fixes the split, the initial weights and the batch order, so runs of one seed
-        # differ only by the variant: their differences cancel the seed-to-seed spread.
-        if len(shared) >= 2:
-            a, b = [mine[s] for s in shared], [theirs[s] for s in shared]
-            result, paired_seeds = stats.ttest_rel(a, b), len(shared)
-        elif len(variant.runs) >= 2 and len(best.runs) >= 2:
-            a, b = variant.values(key), best.values(key)
-            result, paired_seeds = stats.ttest_ind(a, b, equal_var=False), 0
-        else:
-            return None
-    low, high = result.confidence_interval(0.95)
-    mean = statistics.fmean(a) - statistics.fmean(b)
-    return Comparison(mean, float(low), float(high), paired_seeds)
-
-
-def _short(value: str) -> str:
-    """A number as a legend shows it (0.0123, not 0.012345678901); anything else as it is."""
-    try:
-        number = float(value)
-    except ValueError:
-        return value
-    return f"{number:.4g}" if any(c in value for c in ".eE") else value
-
-
-def variants(study: Study) -> list[Variant]:
-    keys = swept_keys(study.runs)
-    groups: dict[str, list[Run]] = defaultdict(list)
-    for run in study.runs:
-        label = ", ".join(f"{k}={_short(run.overrides.get(k, '-'))}" for k in keys) or "all runs"
-        groups[label].append(run)
-    return [Variant(label, runs) for label, runs in groups.items()]
 
 
 def _fmt(variant: Variant, key: str, digits: int = 4) -> str:
@@ -228,28 +78,65 @@ def study_table(study: Study) -> str:
     return "\n".join(lines)
 
 
+PANELS = {  # the study figure's panels: history key → title
+    "train_loss": "training loss",
+    "val_loss": "validation loss",
+    "train_acc": "training accuracy",
+    "val_acc": "validation accuracy",
+}
+
+
 def plot_study(study: Study, path: Path | None = None):
-    """Validation accuracy and training loss per epoch of each variant (mean over seeds)."""
+    """Training and validation loss and accuracy per epoch of each variant: the mean over seeds,
+    and a band from the lowest to the highest seed. One variant: training against validation,
+    the epoch of the lowest validation loss dashed."""
     groups = variants(study)
-    # One legend below both plots, one line per variant: a search's labels are long.
-    fig = Figure(figsize=(11, 4 + 0.2 * len(groups)), layout="constrained")
-    ax_acc, ax_loss = fig.subplots(1, 2)
+    one = len(groups) == 1
+    # One legend below the plots, one line per variant: a search's labels are long.
+    fig = Figure(figsize=(11, (4 if one else 7) + 0.2 * len(groups)), layout="constrained")
+    grid = fig.subplots(1, 2) if one else fig.subplots(2, 2).flat
+    names = ("loss", "loss", "accuracy", "accuracy") if one else PANELS.values()
+    axes = dict(zip(PANELS, [grid[0], grid[0], grid[1], grid[1]] if one else grid, strict=True))
     for v in groups:
-        for ax, key in ((ax_acc, "val_acc"), (ax_loss, "train_loss")):
-            curve = v.curve(key)
-            ax.plot(range(1, len(curve) + 1), curve, "o-", ms=2, label=v.label)
-    ax_acc.set_ylabel("validation accuracy")
-    ax_loss.set_ylabel("training loss")
-    ax_loss.set_yscale("log")
-    for ax in (ax_acc, ax_loss):
+        for key, ax in axes.items():
+            label = PANELS[key].split()[0] if one else v.label
+            _band(ax, v, key, label, "--" if one and key.startswith("val") else "-")
+    turn = findings.overfitting_turn(groups[0]) if one else None
+    for (key, ax), name in zip(axes.items(), names, strict=True):
+        ax.set_title(name if one else PANELS[key], fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, never 1.5
         ax.grid(alpha=0.3)
-    fig.legend(*ax_acc.get_legend_handles_labels(), loc="outside lower center", fontsize=7)
+        if key.endswith("loss"):
+            ax.set_yscale("log")  # losses of different functions differ in scale
+            # Plain numbers (0.3, not 3×10⁻¹), minor ticks labelled only where few decades show.
+            ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+            ax.yaxis.set_minor_formatter(
+                LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5))
+            )
+        if turn:
+            ax.axvline(turn, color="grey", ls=":", lw=1)
+    seeds = max(len(v.runs) for v in groups)
+    band = "; band: lowest to highest seed" if seeds > 1 else ""
+    handles, labels = axes["val_loss" if one else "val_acc"].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", fontsize=8)
     # A sweep's folder is named by its time: say what it varied instead.
     unnamed = re.fullmatch(r"\d{4}-\d{2}-\d{2}_[\d_-]+", study.name)
     keys = ", ".join(swept_keys(study.runs)) or "one setting"
-    fig.suptitle(f"sweep over {keys} ({study.name})" if unnamed else study.name)
+    title = f"sweep over {keys} ({study.name})" if unnamed else study.name
+    turned = f"; dotted: lowest validation loss (epoch {turn})" if turn else ""
+    fig.suptitle(f"{title}: mean over {seeds} seed{'s' * (seeds > 1)}{band}{turned}")
     return save(fig, path)
+
+
+def _band(ax, variant: Variant, key: str, label: str, style: str) -> None:
+    """The variant's mean curve of `key`, and the band of its seeds around it."""
+    curves = variant.curves(key)
+    epochs = range(1, len(curves[0]) + 1)
+    (line,) = ax.plot(epochs, variant.curve(key), style, marker="o", ms=2, label=label)
+    if len(curves) > 1:
+        low, high = (list(map(f, zip(*curves, strict=True))) for f in (min, max))
+        ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, lw=0)
 
 
 # Training error at or below this counts as fitting the training labels (noisy ones included).
@@ -333,42 +220,189 @@ def plot_complexity(name: str, depths: dict[int, list[Size]], path: Path | None 
 
 
 def write_report(dirs: list[Path], out: Path) -> Path:
-    """Write report.md and one figure per study into `out`; return the report's path."""
+    """Write report.md, report.html and the figures into `out`; return report.md's path."""
     studies = find_studies(dirs)
     out.mkdir(parents=True, exist_ok=True)
-    n_runs = sum(len(s.runs) for s in studies)
-    lines = [
-        "# mlp_lab report",
-        "",
-        f"{n_runs} run{'s' * (n_runs != 1)} in {len(studies)} "
-        f"stud{'ies' if len(studies) != 1 else 'y'}, {date.today()}, on {machine()}. "
-        "Test accuracy is the checkpoint with the best validation accuracy; with several seeds, "
-        "mean ± std. Each variant is compared with the best on best val accuracy, seed by seed "
-        "where both have the seed: the mean difference and its 95 % t-interval, *better* or "
-        "*worse* when the interval excludes 0, else *no clear difference*; unpaired (Welch) "
-        "where they share fewer than two seeds.",
-    ]
-    for study in studies:
-        lines += ["", f"## {study.name}", "", f"`{study.path}`", ""]
-        if study.runs:
-            figure = f"{study.name}.png"
-            plot_study(study, out / figure)
-            lines += [study_table(study), "", f"![{study.name}]({figure})"]
-            depths = complexity(study)
-            if depths:
-                figure = f"{study.name}_error_vs_size.png"
-                plot_complexity(study.name, depths, out / figure)
-                lines += ["", interpolation_line(depths), "", f"![error against size]({figure})"]
-        figures = search_figures(study.path, out)
-        if figures:
-            lines += ["", "The search (Optuna): history, importances, val/acc per epoch", ""]
-            lines += [f"![{name}]({name})" for name in figures]
-        if study.skipped:
-            lines += ["", "Not in the table (failed, interrupted or unfinished):"]
-            lines += [f"- `{path}`: {why}" for path, why in study.skipped.items()]
+    sections = [study_section(study, out) for study in studies]
+    sections += [xor_section(xor) for xor in findings.xor_findings(dirs)]
+    sections.sort(key=lambda section: section[0])
+    lines = ["# The lab's report", "", *header(studies), "", *HOW_TO_READ, ""]
+    lines += ["| question | our answer | the original lab found | agreement |", "|---|---|---|---|"]
+    lines += [f"| {' | '.join(row)} |" for _, row, _ in sections]
+    lines += unfinished(studies)
+    for _, _, text in sections:
+        lines += text
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
+    write_html(report)
     return report
+
+
+HOW_TO_READ = (
+    "Each question's answer comes from its runs: the variant with the highest mean best validation "
+    "accuracy is compared with every other seed by seed (a seed fixes the split, the initial "
+    "weights and the batch order): the mean difference and its 95 % t-interval, *better* or "
+    "*worse* when the interval excludes 0, else *no clear difference*; unpaired (Welch) where they "
+    f"share fewer than two seeds, and no verdict below {findings.MIN_SEEDS} seeds. Test accuracy "
+    "is the checkpoint with the best validation accuracy (mean ± std over seeds). The original "
+    "lab's claims, one run each, are weighed on test accuracy, as it measured: *agrees* where our "
+    "interval has the lab's sign, *differs* where it has the other, *cannot tell* where it holds 0 "
+    f"(a claim of no difference agrees where the interval lies within ±{findings.EQUAL}).",
+)
+
+
+def header(studies: list[Study]) -> list[str]:
+    """What ran, where, at which precision and for how long."""
+    done = [run for study in studies for run in study.runs]
+    n, k = len(done), len(studies)
+    configs = [run.record.get("config", {}) for run in done]
+    precisions = sorted({str(c["trainer"]["precision"]) for c in configs if "trainer" in c})
+    seeds = sorted({seed_of(run) for run in done}, key=lambda s: (len(s), s))
+    parts = [part for run in done for part in run.record.get("parts", []) if "wall_time_s" in part]
+    line = (
+        f"{n} run{'s' * (n != 1)} in {k} stud{'ies' if k != 1 else 'y'}, {date.today()}, on "
+        f"{machine()}; precision {', '.join(precisions) or 'not recorded'}; "
+        f"seed{'s' * (len(seeds) != 1)} "
+        f"{', '.join(seeds)}"
+    )
+    if parts:
+        span = max(p["started"] + p["wall_time_s"] for p in parts) - min(
+            p["started"] for p in parts
+        )
+        work = sum(p["wall_time_s"] for p in parts)
+        line += (
+            f"; {_duration(span)} from the first run's start to the last run's end "
+            f"({_duration(work)} of runs side by side)"
+        )
+    return [line + "."]
+
+
+def _duration(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds >= 60 else f"{seconds:.1f} s"
+
+
+def unfinished(studies: list[Study]) -> list[str]:
+    """The runs that did not finish, counted, and the command that finishes each study's."""
+    stopped = [study for study in studies if study.skipped]
+    if not stopped:
+        return []
+    n = sum(len(study.skipped) for study in stopped)
+    lines = [
+        "",
+        f"**Not finished:** {n} run{'s' * (n != 1)}, listed in their studies; go on with:",
+        "",
+    ]
+    return lines + [f"- `{runs.resume_command(study.path)}`" for study in stopped]
+
+
+def study_section(study: Study, out: Path) -> tuple[tuple, tuple[str, ...], list[str]]:
+    """(its place, its summary row, its lines) for one study."""
+    words = study.words
+    question = words.get("question")
+    lines = ["", f"## {study.name}", ""]
+    if question:
+        lines += [f"**Question:** {question}", ""]
+    lines += [f"Runs: `{study.path}`"]
+    ours, agree = "-", "-"
+    if study.runs:
+        figure = f"{study.name}.png"
+        plot_study(study, out / figure)
+        lines += ["", *paragraphs(findings.settings_lines(study))]
+        lines += ["", study_table(study), "", f"![{study.name}]({figure})"]
+        groups = variants(study)
+        best = findings.best_variant(groups)
+        said = findings.answer(study) or findings.overfitting(best)
+        lines += paragraphs(
+            [f"**Our answer:** {said}" if said else "", findings.weak_classes(best)]
+        )
+        ours = findings.short_answer(study)
+        checks = findings.lab_checks(study)
+        agree = findings.agreement(checks)
+        lines += lab_lines(words, checks, agree)
+        lines += complexity_lines(study, out)
+    figures = search_figures(study.path, out)
+    if figures:
+        lines += ["", "The search (Optuna): history, importances, val/acc per epoch", ""]
+        lines += [f"![{name}]({name})" for name in figures]
+    if study.skipped:
+        lines += ["", "Not in the table (failed, interrupted or unfinished):", ""]
+        lines += [f"- `{path}`: {why}" for path, why in study.skipped.items()]
+    row = (question or study.name, ours, words.get("lab_found") or "-", agree)
+    return (words.get("order") or 99, str(study.path)), row, lines
+
+
+def paragraphs(texts: list[str | None]) -> list[str]:
+    return [line for text in texts if text for line in ("", text)]
+
+
+def lab_lines(words: dict, checks: list[findings.Check], agree: str) -> list[str]:
+    """The lab's finding, our agreement in a word, and each claim weighed."""
+    if not words.get("lab_found"):
+        return []
+    ours = {"-": "Nothing here to weigh it against."}.get(agree, f"**Ours {agree}:**")
+    lines = ["", f"**The original lab found:** {words['lab_found']}. {ours}"]
+    if checks:
+        lines += [""] + [f"- `{c.claim}`: **{c.word}** ({c.why})" for c in checks]
+    return lines
+
+
+def complexity_lines(study: Study, out: Path) -> list[str]:
+    depths = complexity(study)
+    if not depths:
+        return []
+    figure = f"{study.name}_error_vs_size.png"
+    plot_complexity(study.name, depths, out / figure)
+    return ["", interpolation_line(depths), "", f"![error against size]({figure})"]
+
+
+def xor_section(xor: findings.XORFinding) -> tuple[tuple, tuple[str, ...], list[str]]:
+    words, settings = xor.words, xor.record["xor"]
+    said, agree = xor.answer()
+    question = words.get("question") or "XOR"
+    lines = ["", "## xor", "", f"**Question:** {question}", "", f"Record: `{xor.path}`", ""]
+    held = ", ".join(f"`xor.{k}={v}`" for k, v in settings.items())
+    lines += [f"**Held fixed:** {held}; MSE loss, full-batch SGD.", "", f"**Our answer:** {said}"]
+    if words.get("lab_found"):
+        lines += ["", f"**The original lab found:** {words['lab_found']}. **Ours {agree}.**"]
+    row = (question, said.split(";")[0], words.get("lab_found") or "-", agree)
+    return (words.get("order") or 99, str(xor.path)), row, lines
+
+
+STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; }
+table { border-collapse: collapse; font-size: 12px; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; }
+img { max-width: 100%; }
+code { font-size: 12px; }
+@page { size: A4; margin: 1.2cm; }
+@media print {
+  body { margin: 0; max-width: none; font-size: 11px; }
+  h2 { break-before: page; }
+  img, table { break-inside: avoid; }
+  img { max-height: 55vh; }
+}
+"""
+
+
+def write_html(report: Path) -> Path:
+    """report.html beside report.md: the same text, its figures inline, one study per printed
+    page where it fits."""
+    import markdown  # only here: the rest of the report needs no Markdown renderer
+
+    body = markdown.markdown(report.read_text(), extensions=["tables"])
+
+    def inline(match: re.Match) -> str:
+        data = base64.b64encode((report.parent / match[1]).read_bytes()).decode()
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="([^":/]+\.png)"', inline, body)
+    html = report.with_suffix(".html")
+    html.write_text(
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>The lab's report</title><style>{STYLE}</style></head>\n<body>\n{body}\n"
+        "</body></html>\n"
+    )
+    return html
 
 
 def search_figures(sweep_dir: Path, out: Path) -> list[str]:

@@ -3,12 +3,14 @@ run, a quiet Trainer, a model built from the config; commands.py runs the comman
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from mlp_lab.config import DataConfig
 from mlp_lab.data import (
@@ -148,3 +150,46 @@ def assert_checkpoint_scores(run: Path, record: dict, root: Path) -> None:
         with torch.no_grad():
             acc = (model(x).argmax(1) == y).float().mean().item()
         assert logged == pytest.approx(acc, abs=1e-6), split
+
+
+def fake_run(
+    path,
+    overrides,
+    val_acc,
+    test_acc,
+    epochs=3,
+    finished=True,
+    params=1000,
+    train_acc=0.5,
+    final_drop=0.0,
+    **record,
+):
+    """A completed run's directory with a record made by hand: val accuracy rising 0.01 an epoch
+    to `val_acc`; `record` adds to it or replaces (config, history, test_confusion, ...)."""
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra/overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if not finished:
+        return
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 1 / e,
+            "train_acc": train_acc,
+            "val_loss": 1.0,
+            "val_acc": val_acc - 0.01 * (epochs - e),
+        }
+        for e in range(1, epochs + 1)
+    ]
+    if final_drop:
+        history[-1]["val_acc"] -= final_drop  # the last epoch below the best one
+    record = {
+        "params": params,
+        "history": history,
+        "best_val_acc": val_acc,
+        "best_epoch": epochs,
+        "test_acc": test_acc,
+        "mean_epoch_time_s": 1.5,
+        "wall_time_s": 10.0,
+        **record,
+    }
+    (path / "metrics.json").write_text(json.dumps(record))

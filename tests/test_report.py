@@ -1,67 +1,29 @@
+import base64
 import json
 import math
+import re
+import shutil
 import statistics
+import subprocess
 
+import numpy as np
 import pytest
-import yaml
 from commands import run_module
-from conftest import quiet
+from conftest import fake_run, quiet
+from matplotlib.image import imread
 from scipy import stats
 
 from mlp_lab.data import PROJECT_DIR
 from mlp_lab.report import (
-    Run,
-    compare,
     complexity,
-    find_studies,
     interpolation_line,
     plot_complexity,
     plot_study,
-    seed_of,
     study_table,
-    variants,
     write_report,
 )
+from mlp_lab.studies import Run, compare, find_studies, seed_of, variants
 from mlp_lab.train import load_config
-
-
-def fake_run(
-    path,
-    overrides,
-    val_acc,
-    test_acc,
-    epochs=3,
-    finished=True,
-    params=1000,
-    train_acc=0.5,
-    final_drop=0.0,
-):
-    (path / ".hydra").mkdir(parents=True)
-    (path / ".hydra/overrides.yaml").write_text(yaml.safe_dump(overrides))
-    if not finished:
-        return
-    history = [
-        {
-            "epoch": e,
-            "train_loss": 1 / e,
-            "train_acc": train_acc,
-            "val_loss": 1.0,
-            "val_acc": val_acc - 0.01 * (epochs - e),
-        }
-        for e in range(1, epochs + 1)
-    ]
-    if final_drop:
-        history[-1]["val_acc"] -= final_drop  # the last epoch below the best one
-    record = {
-        "params": params,
-        "history": history,
-        "best_val_acc": val_acc,
-        "best_epoch": epochs,
-        "test_acc": test_acc,
-        "mean_epoch_time_s": 1.5,
-        "wall_time_s": 10.0,
-    }
-    (path / "metrics.json").write_text(json.dumps(record))
 
 
 @pytest.fixture
@@ -114,7 +76,8 @@ def test_runs_group_by_sweep_and_variants_average_seeds(sweep):
         "| model.batch_norm=true | 2 | 1,000 | 0.8950 ± 0.0071 | 3/3 | 0.8850 ± 0.0071 |"
     )
     # Without batch norm, 0.03 lower on both seeds: a zero-width interval.
-    assert rows[0].endswith("| -0.0300 [-0.0300, -0.0300] | worse (paired, 2 seeds) |")
+    # Two seeds cannot carry a verdict, least of all a zero-width interval.
+    assert rows[0].endswith("| -0.0300 [-0.0300, -0.0300] | too few seeds (paired, 2 seeds) |")
     assert rows[1].endswith("| - | best |")
 
 
@@ -140,7 +103,7 @@ def verdicts(study):
 def test_seeds_that_disagree_give_no_clear_difference(tmp_path):
     # Differences [1] − [2]: -0.04 at seed 0, +0.02 at seed 1; a 2-seed t-interval is wide.
     study, _ = two_widths(tmp_path, {0: 0.84, 1: 0.88}, {0: 0.80, 1: 0.90})
-    assert verdicts(study)["model.hidden=[1]"][1] == "no clear difference (paired, 2 seeds)"
+    assert verdicts(study)["model.hidden=[1]"][1] == "too few seeds (paired, 2 seeds)"
     assert verdicts(study)["model.hidden=[2]"] == ("-", "best")
 
 
@@ -155,7 +118,7 @@ def test_paired_difference_and_interval_match_a_hand_computation(tmp_path):
     assert comparison.high == pytest.approx(0.0048413771, abs=1e-9)
     assert comparison.paired_seeds == 3
     assert verdicts(study)["model.hidden=[1]"] == (
-        "-0.0200 [-0.0448, 0.0048]",
+        "-0.0200 [-0.0448, +0.0048]",
         "no clear difference (paired, 3 seeds)",
     )
 
@@ -193,7 +156,7 @@ def test_variants_without_shared_seeds_compare_unpaired_by_welch(tmp_path):
     assert (comparison.low, comparison.high) == pytest.approx((-0.045 - half, -0.045 + half))
     rows = verdicts(study)
     assert rows["model.hidden=[1]"] == (
-        "-0.0450 [-0.1210, 0.0310]",
+        "-0.0450 [-0.1210, +0.0310]",
         "no clear difference (unpaired, Welch)",
     )
     assert rows["model.hidden=[3]"] == ("-", "one seed: noise unknown")
@@ -220,7 +183,7 @@ def test_pairing_finds_a_consistent_effect_that_overlap_misses(tmp_path):
     # makes its mean the highest.
     study, _ = two_widths(tmp_path / "b", {**best, 3: 0.99}, {0: 0.81, 1: 0.862, 2: 0.908})
     assert verdicts(study)["model.hidden=[1]"] == (
-        "0.0100 [0.0050, 0.0150]",
+        "+0.0100 [+0.0050, +0.0150]",
         "better (paired, 3 seeds)",
     )
 
@@ -384,7 +347,8 @@ def test_a_time_named_sweep_is_titled_by_what_it_varied_with_short_numbers(tmp_p
     (root / "multirun.yaml").write_text("{}")
     (study,) = find_studies([root])
     fig = plot_study(study)
-    assert fig._suptitle.get_text() == "sweep over optimizer.lr (2026-01-01_12-00-00)"
+    title = "sweep over optimizer.lr (2026-01-01_12-00-00): mean over 1 seed"
+    assert fig._suptitle.get_text() == title
     labels = fig.legends[0].get_texts()
     assert sorted(t.get_text() for t in labels) == ["optimizer.lr=0.01235", "optimizer.lr=0.1"]
 
@@ -393,3 +357,33 @@ def test_report_counts_one_run_in_one_study_in_the_singular(tmp_path):
     fake_run(tmp_path / "depth" / "0", ["model.hidden=[256]", "seed=0"], 0.8, 0.8)
     text = write_report([tmp_path / "depth"], tmp_path / "report.md").read_text()
     assert "1 run in 1 study," in text
+
+
+def test_report_html_is_self_contained_and_renders_in_chromium(sweep, tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("no Chromium to render report.html: `make browser` installs Debian's")
+    out = tmp_path / "out"
+    write_report([sweep], out)
+    html = (out / "report.html").read_text()
+    # Every figure inline, nothing fetched from elsewhere.
+    sources = re.findall(r'<img [^>]*src="([^"]+)"', html)
+    figures = sorted(out.glob("*.png"))
+    assert len(sources) == len(figures) == 1
+    data = sources[0].removeprefix("data:image/png;base64,")
+    assert base64.b64decode(data) == figures[0].read_bytes()
+    browse = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+    browse += ["--disable-background-networking", f"--user-data-dir={tmp_path / 'profile'}"]
+    shot, pdf = tmp_path / "shot.png", tmp_path / "report.pdf"
+    for output in (f"--screenshot={shot}", f"--print-to-pdf={pdf}"):
+        page = [*browse, "--window-size=1200,2400", output, (out / "report.html").as_uri()]
+        done = subprocess.run(page, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+    image = imread(shot)[..., :3]
+    assert image.shape == (2400, 1200, 3)
+    assert (image < 0.9).any(axis=-1).mean() > 0.02  # text, tables and the figure: not blank
+    # The figure is drawn, not a broken-image icon: its first line's colour (matplotlib's C0).
+    blue = np.abs(image - np.array([31, 119, 180]) / 255).max(axis=-1) < 0.03
+    assert blue.sum() > 500
+    # Printed, the study starts a page of its own after the summary.
+    assert len(re.findall(rb"/Type\s*/Page\b", pdf.read_bytes())) >= 2

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from commands import run_module
 
@@ -59,9 +61,15 @@ def test_cli_interactive_flag_reads_stdin():
     assert "prediction: 0" in result.stdout and result.stdout.rstrip().endswith("bye")
 
 
-def test_cli_counts_solved_seeds_and_rejects_bad_values():
-    result = run_module("mlp_lab.xor", f"xor.hidden={ALWAYS}", "xor.seeds=2", "xor.epochs=3000")
+def test_cli_counts_solved_seeds_and_rejects_bad_values(tmp_path):
+    seeds = ("xor.seeds=2", "xor.epochs=3000", f"xor.record={tmp_path / 'lab/xor.json'}")
+    result = run_module("mlp_lab.xor", f"xor.hidden={ALWAYS}", *seeds)
     assert result.stdout.splitlines()[-1] == f"2/2 seeds solved XOR with {ALWAYS} hidden units"
+    # The record the lab's report reads: each seed, the settings and the study's words.
+    record = json.loads((tmp_path / "lab/xor.json").read_text())
+    assert [(s["seed"], s["solved"]) for s in record["seeds"]] == [(1, True), (2, True)]
+    assert record["xor"] == {"hidden": ALWAYS, "lr": 0.1, "epochs": 3000}
+    assert record["study"]["question"].startswith("Can a 2-5-1 ReLU network")
     bad = run_module("mlp_lab.xor", "xor.hidden=0")
     assert (
         bad.returncode == 1
