@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The checks that need a CUDA GPU, in one call: the GPU tests, the epoch benchmark (make bench) and
-# the batch-norm study over 3 seeds with trainer=gpu, each with its figures. Not run in CI: run it
-# whenever the device tool lends a machine, and quote what it prints.
+# The checks that need a CUDA GPU, in one call of at most 8 minutes on one GPU: the GPU tests, the
+# epoch benchmark (make bench: mlp_lab's epoch against a bare torch loop, float32 and bf16), and two
+# studies of the lab with 1, 4 and 8 runs sharing the GPU (hydra.launcher.jobs_per_device), timed.
+# Not run in CI: run it whenever the device tool lends a machine, and quote what it prints.
 #   bash benchmarks/device_check.sh            # datasets from MLP_LAB_DATA, else data/
 # Python: $PYTHON, else .venv/bin/python, else python3 (a machine without the venv needs torch,
 # lightning, hydra-core, torchmetrics, optuna and scipy, e.g. carried as wheels).
@@ -22,10 +23,20 @@ echo "== GPU tests"
 echo "== make bench: seconds per epoch, side by side"
 "$PY" -m benchmarks.epoch_speed
 
-echo "== experiment=batch_norm over seeds 0,1,2 with trainer=gpu"
-study="$OUT_DIR/batch_norm"
-rm -rf "$study"
-time "$PY" -m mlp_lab.train -m experiment=batch_norm seed=0,1,2 trainer=gpu \
-	trainer.enable_progress_bar=false hydra.sweep.dir="$study"
-"$PY" -m mlp_lab.report "$study" --out "$OUT_DIR"
-cat "$OUT_DIR/report.md"
+echo "== the loss and batch_norm studies (3 seeds, 3 epochs, bf16) with 1, 4 and 8 runs per GPU"
+# Nothing else runs meanwhile: each row's seconds are the whole `make lab`, report included.
+times="$OUT_DIR/jobs_per_device.txt"
+: > "$times"
+for per in 1 4 8; do
+	start=$(date +%s%N)
+	# -o: the machine's Python as it is, no venv made.
+	make --no-print-directory -o .venv/.installed lab PY="$PY" STUDIES="loss batch_norm" SEEDS=0,1,2 XOR_SEEDS=2 \
+		LAB="$OUT_DIR/lab_$per" JOBS="$per" \
+		ARGS="trainer=bf16 trainer.max_epochs=3 hydra.launcher.jobs_per_device=$per" >"$OUT_DIR/lab_$per.log" 2>&1 \
+		|| { echo "make lab with $per per GPU failed:"; tail -20 "$OUT_DIR/lab_$per.log"; }
+	echo "$per $(( ($(date +%s%N) - start) / 1000000 ))" >> "$times"
+done
+echo "| runs per GPU | wall s (24 runs) |"
+echo "|---|---|"
+awk '{ printf "| %s | %.1f |\n", $1, $2 / 1000 }' "$times"
+sed -n '1,12p' "$OUT_DIR/lab_4/report.md"

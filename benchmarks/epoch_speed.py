@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.variants import LAB_WORKERS, QUICK_IMAGES, VARIANTS, device, sync
+from mlp_lab import cluster
 from mlp_lab.data import PROJECT_DIR
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,15 @@ def epoch_flops(widths: list[int], n_train: int, n_eval: int) -> int:
     return 3 * forward * n_train + forward * n_eval
 
 
-def matmul_peak(dev: torch.device, reps: int = 3, inner: int = 5) -> dict[str, float]:
-    """Best float32 `torch.mm` GFLOP/s for this MLP's shapes at batch 1024 and a big square."""
+def bf16_fast(dev: torch.device) -> bool:
+    """Whether bf16 runs faster than float32 here: a GPU, or a CPU with bf16 instructions."""
+    return dev.type == "cuda" or bool(cluster.cpu_bf16())
+
+
+def matmul_peak(
+    dev: torch.device, dtype: torch.dtype = torch.float32, reps: int = 3, inner: int = 5
+) -> dict[str, float]:
+    """Best `torch.mm` GFLOP/s in `dtype` for this MLP's shapes at batch 1024 and a big square."""
     n = SQUARE[dev.type]
     shapes = {
         "1024x784 @ 784x256": (1024, 784, 256),  # first layer, forward
@@ -56,7 +64,7 @@ def matmul_peak(dev: torch.device, reps: int = 3, inner: int = 5) -> dict[str, f
     }
     peak = {}
     for name, (m, k, p) in shapes.items():
-        a, b = torch.randn(m, k, device=dev), torch.randn(k, p, device=dev)
+        a, b = (torch.randn(*shape, device=dev, dtype=dtype) for shape in ((m, k), (k, p)))
         torch.mm(a, b)  # warm-up: thread pool, cuBLAS handle
         best = math.inf
         for _ in range(reps):
@@ -101,20 +109,28 @@ def machine() -> dict:
     }
 
 
-def summarise(args, variants: dict, peak: dict) -> dict:
-    """Median s/epoch of the epochs after the first, throughput, FLOP rate, and the ratios."""
+def summarise(args, variants: dict, peak: dict, bf16_peak: dict | None) -> dict:
+    """Median s/epoch of the epochs after the first, throughput, FLOP rate, the epoch's distance
+    from the floor (its arithmetic at the matmul peak of its precision), and the ratios."""
     best = max(peak.values())
-    for v in variants.values():
+    for key, v in variants.items():
+        top = max(bf16_peak.values()) if key == "f" else best
         for r in v["batch_sizes"].values():
             s = statistics.median(r["epoch_s"][1:] or r["epoch_s"])
-            gflops = epoch_flops(v["widths"], r["train_images"], r["val_images"]) / s / 1e9
+            flops = epoch_flops(v["widths"], r["train_images"], r["val_images"])
             r["s_per_epoch"], r["images_per_s"] = round(s, 4), round(r["train_images"] / s)
-            r["gflops"], r["peak_fraction"] = round(gflops, 2), round(gflops / best, 4)
+            r["gflops"], r["peak_fraction"] = (
+                round(flops / s / 1e9, 2),
+                round(flops / s / 1e9 / top, 4),
+            )
+            r["floor_s"] = round(flops / top / 1e9, 4)
     ratios = {}
     for bs in map(str, args.batch_sizes):
         a, c, d, e = (variants[k]["batch_sizes"][bs]["s_per_epoch"] for k in "acde")
         ratios[bs] = {"a_over_c": round(a / c, 3), "d_over_a": round(d / a, 3)}
         ratios[bs]["e_over_a"] = round(e / a, 3)  # Lightning's automatic step against ours
+        if "f" in variants:
+            ratios[bs]["a_over_f"] = round(a / variants["f"]["batch_sizes"][bs]["s_per_epoch"], 3)
     return {
         **machine(),
         "command": shlex.join(["python", "-m", "benchmarks.epoch_speed", *sys.argv[1:]]),
@@ -122,6 +138,9 @@ def summarise(args, variants: dict, peak: dict) -> dict:
         "epochs": args.epochs,
         "quick": args.quick,
         "matmul_peak_gflops": {**peak, "max": best},
+        "bf16_matmul_peak_gflops": {**bf16_peak, "max": max(bf16_peak.values())}
+        if bf16_peak
+        else None,
         "variants": {k: {"label": VARIANTS[k], **v} for k, v in variants.items()},
         "ratios": ratios,
     }
@@ -134,7 +153,8 @@ def table(summary: dict) -> str:
         "Machine: {cpu}, {cpu_cores} cores ({threads} torch threads), device {device}; "
         "torch {torch}, Lightning {lightning}; load average {load_average:.2f} at the end.\n\n"
     ).format(**summary)
-    columns = ["variant", "batch", "s/epoch", "images/s", "GFLOP/s", "of peak", "val acc"]
+    columns = ["variant", "batch", "s/epoch", "images/s", "GFLOP/s", "of peak", "× floor"]
+    columns.append("val acc")
     columns.append("max RSS MB (imports)")
     rows = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for key, v in summary["variants"].items():
@@ -144,14 +164,21 @@ def table(summary: dict) -> str:
         for bs, r in v["batch_sizes"].items():
             rows.append(
                 f"| ({key}) {v['label']} | {bs} | {r['s_per_epoch']:.3f} | {r['images_per_s']:,} "
-                f"| {r['gflops']:.1f} | {r['peak_fraction']:.0%} | {r['val_acc']:.4f} | {rss} |"
+                f"| {r['gflops']:.1f} | {r['peak_fraction']:.0%} "
+                f"| {r['s_per_epoch'] / r['floor_s']:.1f} | {r['val_acc']:.4f} | {rss} |"
             )
     peak = summary["matmul_peak_gflops"]["max"]
     lines = [f"float32 matmul peak: {peak:.0f} GFLOP/s ({summary['device']})"]
+    if summary["bf16_matmul_peak_gflops"]:
+        lines.append(f"bf16 matmul peak: {summary['bf16_matmul_peak_gflops']['max']:.0f} GFLOP/s")
+    else:
+        lines.append(f"bf16: not timed, {summary['bf16_skipped']}")
+    lines.append("× floor: s/epoch ÷ the epoch's arithmetic at its precision's matmul peak")
     for bs, r in summary["ratios"].items():
+        f = f", (a)/(f) = {r['a_over_f']:.2f}" if "a_over_f" in r else ""
         lines.append(
             f"batch {bs}: (a)/(c) = {r['a_over_c']:.2f}, (d)/(a) = {r['d_over_a']:.2f}, "
-            f"(e)/(a) = {r['e_over_a']:.2f}"
+            f"(e)/(a) = {r['e_over_a']:.2f}{f}"
         )
     return head + "\n".join(rows + [""] + lines) + "\n"
 
@@ -171,13 +198,19 @@ def main() -> None:
 
     if (load := os.getloadavg()[0]) > 0.5:
         log.warning("load average %.1f: other processes share the cores, timings will suffer", load)
-    peak = matmul_peak(device())
+    dev = device()
+    peak = matmul_peak(dev)
     log.info("float32 matmul GFLOP/s: %s", peak)
+    bf16_peak = matmul_peak(dev, torch.bfloat16) if bf16_fast(dev) else None
+    skipped = None if bf16_peak else f"{cluster.bf16_slower('cpu')} (trainer=bf16 is refused)"
+    log.info("bf16 matmul GFLOP/s: %s", bf16_peak or skipped)
     variants = {}
     for key, label in VARIANTS.items():
+        if key == "f" and not bf16_peak:
+            continue
         log.info("(%s) %s ...", key, label)
         variants[key] = spawn(key, settings)
-    summary = summarise(args, variants, peak)
+    summary = summarise(args, variants, peak, bf16_peak) | {"bf16_skipped": skipped}
     report = args.out.with_suffix(".md")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")

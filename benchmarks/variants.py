@@ -35,6 +35,7 @@ VARIANTS = {
     "c": "plain torch loop",
     "d": "lab: ToTensor + DataLoader",
     "e": "(a), Lightning's automatic step",
+    "f": "(a) in bf16-mixed (trainer=bf16)",
 }
 LAB_WORKERS = 4  # the lab's d2l loaders ran 4 worker processes
 QUICK_IMAGES = 2048  # --quick trains on this many images per epoch
@@ -224,11 +225,13 @@ def run_variant(variant: str, settings: dict, work_dir: Path) -> dict:
         overrides.append("trainer.enable_progress_bar=false")
         if settings["quick"]:
             overrides.append(f"trainer.limit_train_batches={max(1, QUICK_IMAGES // bs)}")
+        if variant == "f":
+            overrides.append("trainer=bf16")
         cfg = load_config(*overrides)
-        if variant in "ae":
+        if variant in "aef":
             # Beside --out, in the benchmark's temporary folder: the run's TensorBoard writer
             # still flushes when this process exits.
-            run = run_mlp_lab if variant == "a" else run_automatic
+            run = run_automatic if variant == "e" else run_mlp_lab
             seconds, acc = run(cfg, work_dir / f"run_{bs}")
         else:
             seconds, acc = RUNNERS[variant](cfg)

@@ -14,13 +14,44 @@ from typing import Any
 TIME_LIMIT_SIGNAL = signal.SIGUSR2
 
 
+CPUINFO = Path("/proc/cpuinfo")
+# The CPU instructions that multiply bfloat16 matrices natively: Intel's AMX and AVX-512 BF16, Arm's
+# BF16. Without them torch emulates bf16 and its autocast runs slower than float32 (pytorch #86550).
+BF16_INSTRUCTIONS = ("amx_bf16", "avx512_bf16", "bf16")
+
+
+def _cpuinfo(key: str) -> list[str]:
+    """The values of `key` ("model name", "flags") in /proc/cpuinfo, one per core."""
+    lines = CPUINFO.read_text().splitlines() if CPUINFO.is_file() else []
+    return [line.split(":", 1)[1].strip() for line in lines if line.split(":")[0].strip() == key]
+
+
+def cpu_name() -> str:
+    names = _cpuinfo("model name")
+    return names[0] if names else platform.processor() or "unknown CPU"
+
+
 def machine() -> str:
     """This machine in a few words: its architecture, CPU model and cores."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    cpu = names[0] if names else platform.processor() or "unknown CPU"
-    return f"{platform.machine()}, {cpu}, {os.cpu_count()} cores"
+    return f"{platform.machine()}, {cpu_name()}, {os.cpu_count()} cores"
+
+
+def cpu_bf16() -> list[str]:
+    """The bf16 instructions this CPU has (x86's "flags", Arm's "Features")."""
+    flags = set(" ".join(_cpuinfo("flags") + _cpuinfo("Features")).split())
+    return [name for name in BF16_INSTRUCTIONS if name in flags]
+
+
+def bf16_slower(accelerator: str) -> str | None:
+    """Why bf16 autocast would run slower than float32 here (a CPU without bf16 instructions), or
+    None where it runs on a GPU or such a CPU."""
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not cuda_gpus() and not apple_gpu())
+    if not on_cpu or cpu_bf16():
+        return None
+    return (
+        f"this CPU ({cpu_name()}) has no bf16 instructions ({', '.join(BF16_INSTRUCTIONS[:2])}), "
+        "so torch emulates bf16 and runs slower than in float32"
+    )
 
 
 def cuda_gpus() -> int:
@@ -33,6 +64,17 @@ def cuda_gpus() -> int:
     import torch
 
     return torch.cuda.device_count()
+
+
+def device_name(device) -> str:
+    """What a run trains on, in words: the GPU's name, or the CPU with its torch threads."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def accelerator_missing(accelerator: str, devices: Any) -> str | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from mlp_lab.cluster import accelerator_missing
+from mlp_lab.cluster import accelerator_missing, bf16_slower
 
 # The names a value may take, here so that a check needs no torch: mlp_lab.data, model, losses and
 # module key their tables by these names (tests/test_config.py holds them to it).
@@ -211,6 +211,8 @@ class TrainerConfig:
         check("max_epochs", self.max_epochs > 0, "a positive integer")
         missing = accelerator_missing(str(self.accelerator), self.devices)
         check("accelerator", not missing, f"{missing}; use trainer=cpu")
+        slower = str(self.precision).startswith("bf16") and bf16_slower(str(self.accelerator))
+        check("precision", not slower, f"{slower}; use trainer=default (32-true) here")
         check("overfit_batches", self.overfit_batches >= 0, ">= 0")
         check("profiler", self.profiler in (None, *PROFILERS), _one_of(PROFILERS))
         check(

@@ -77,7 +77,7 @@ def _train(cfg: TrainConfig, run_dir: Path, lead: Sequence[str], label: str) -> 
     )
     if record is not None:
         note_global_batch(trainer.world_size, cfg.data.batch_size)
-        runs.start_fit(run_dir, record)
+        runs.start_fit(run_dir, record, cluster.device_name(trainer.strategy.root_device))
     fit_time = fit(trainer, module, dm, start_from, run_dir)
     best = trainer.checkpoint_callback.best_model_path
     (test,) = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)

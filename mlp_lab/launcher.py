@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf, open_dict
 
-from mlp_lab import runs
+from mlp_lab import cluster, runs
 from mlp_lab.messages import squeue_forgot
 from mlp_lab.runs import Status
 
@@ -54,6 +54,55 @@ def job_shares(n_jobs: int | None, num_threads: int | None) -> tuple[int, int]:
     """Jobs at once and torch threads per job: n_jobs × threads = the cores, unless set."""
     jobs = n_jobs or max(1, cores() // (num_threads or 1))
     return jobs, num_threads or max(1, cores() // jobs)
+
+
+def pool_devices(devices: Any) -> list[str]:
+    """The GPUs a sweep's jobs share: `devices` as listed, or for "auto" those this process may
+    see, counted through NVML without initialising CUDA (its jobs are forks of it); [] for none."""
+    if devices is None:
+        return []
+    if devices == "auto":
+        count = cluster.cuda_gpus()
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = [d for d in visible.split(",") if d] if visible is not None else range(count)
+        return [str(d) for d in ids][:count]
+    return [str(d) for d in devices]
+
+
+def gpus_wanted(trainer: Any, explicit: bool) -> int:
+    """The GPUs one job takes from the pool: its trainer.devices; none for a CPU job, unless
+    the pool was given explicitly (then every job takes its share, whatever it trains on)."""
+    if not explicit and str(trainer.accelerator) in ("cpu", "mps"):
+        return 0
+    devices = trainer.devices
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    return len(devices) if OmegaConf.is_list(devices) or isinstance(devices, list) else 1
+
+
+@dataclass
+class DevicePool:
+    """The GPUs of a sweep, each shared by at most `per_device` jobs at once."""
+
+    devices: list[str]
+    per_device: int
+    load: collections.Counter = field(default_factory=collections.Counter)
+
+    def take(self, count: int) -> list[str] | None:
+        """`count` of the least busy GPUs with room, now taken; None while too few have room."""
+        free = [d for d in self.devices if self.load[d] < self.per_device]
+        if len(free) < count:
+            return None
+        chosen = sorted(free, key=self.load.__getitem__)[:count]
+        self.load.update(chosen)
+        return chosen
+
+    def give_back(self, chosen: list[str]) -> None:
+        self.load.subtract(chosen)
+
+
+class PoolTooSmall(CompactHydraException):
+    """A job asks for more GPUs than the launcher's pool has; Hydra prints this one line."""
 
 
 def _oom_kills() -> int | None:
@@ -82,9 +131,12 @@ class Ending:
     result: Any = None
     died_of: str | None = None  # "killed by SIGKILL", "out of memory (...)", "exited with code 3"
     started: bool = True
+    ended: float | None = None  # when its launcher saw it end (time.time())
 
 
-def _child(job: Callable[[], Any], threads: int, conn) -> None:
+def _child(job: Callable[[], Any], threads: int, conn, gpus: list[str] | None) -> None:
+    if gpus:  # before anything in this process touches CUDA: the job sees its GPUs alone
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     import torch
 
     torch.set_num_threads(threads)
@@ -103,23 +155,30 @@ def _child(job: Callable[[], Any], threads: int, conn) -> None:
     conn.close()
 
 
-def run_jobs(jobs: Sequence[Callable[[], Any]], n_jobs: int, threads: int, started=None) -> list:
-    """Run each job in a forked process, `n_jobs` at a time with `threads` torch threads each.
+def run_jobs(
+    jobs: Sequence[Callable[[], Any]],
+    n_jobs: int,
+    threads: int,
+    started=None,
+    pool: DevicePool | None = None,
+    wanted: Sequence[int] = (),
+) -> list:
+    """Run each job in a forked process, `n_jobs` at a time with `threads` torch threads each and
+    `wanted[i]` GPUs of the `pool` (CUDA_VISIBLE_DEVICES) for job i; an Ending per job.
 
-    Returns an Ending per job. `started(index, pid)` is called as each starts. SIGTERM to this
-    process is passed on to the running jobs and starts no more; so does Ctrl-C, which the terminal
-    sends to the jobs itself.
+    `started(index, pid, gpus)` is called as each starts. SIGTERM to this process is passed on to
+    the running jobs and starts no more; so does Ctrl-C, which the terminal sends to the jobs.
     """
     context = multiprocessing.get_context("fork")
     endings: list[Ending | None] = [None] * len(jobs)
     waiting = collections.deque(range(len(jobs)))
-    running: dict[int, tuple[multiprocessing.Process, Any]] = {}
+    running: dict[int, tuple[multiprocessing.Process, Any, list[str] | None]] = {}
     stopping = False
 
     def stop(signum, frame):
         nonlocal stopping
         stopping = True
-        for process, _ in running.values():
+        for process, _, _ in running.values():
             os.kill(process.pid, signum)
 
     previous = signal.signal(signal.SIGTERM, stop)
@@ -127,19 +186,18 @@ def run_jobs(jobs: Sequence[Callable[[], Any]], n_jobs: int, threads: int, start
     try:
         while waiting or running:
             while waiting and len(running) < n_jobs and not stopping:
+                gpus = pool.take(wanted[waiting[0]]) if pool else None
+                if pool and gpus is None:
+                    break  # its GPUs are busy: wait for a job to end
                 index = waiting.popleft()
-                receive, send = context.Pipe(duplex=False)
-                process = context.Process(target=_child, args=(jobs[index], threads, send))
-                process.start()
-                send.close()
-                running[index] = (process, receive)
+                running[index] = (*_start(context, jobs[index], threads, gpus), gpus)
                 if started:
-                    started(index, process.pid)
+                    started(index, running[index][0].pid, gpus)
             if not running:
                 break
             try:
                 ready = multiprocessing.connection.wait(
-                    [p.sentinel for p, _ in running.values()] + [r for _, r in running.values()]
+                    [x for p, r, _ in running.values() for x in (p.sentinel, r)]
                 )
             except KeyboardInterrupt:
                 stopping = True
@@ -147,20 +205,37 @@ def run_jobs(jobs: Sequence[Callable[[], Any]], n_jobs: int, threads: int, start
             # The kernel's count of out-of-memory kills, once for every job that ended since the
             # last look: two that end together are both weighed against the count before them.
             oom_now = _oom_kills()
-            for index, (process, receive) in list(running.items()):
-                if receive not in ready and process.sentinel not in ready:
-                    continue
-                with contextlib.suppress(EOFError):  # nothing sent when it died first
-                    endings[index] = Ending(result=receive.recv())
-                process.join()
-                receive.close()
-                del running[index]
-                if endings[index] is None:
-                    endings[index] = Ending(died_of=_death(process.exitcode, oom_seen, oom_now))
+            for index, (process, receive, gpus) in list(running.items()):
+                if receive in ready or process.sentinel in ready:
+                    endings[index] = _reap(process, receive, oom_seen, oom_now)
+                    del running[index]
+                    if pool and gpus:  # its death, too, frees its GPUs for the next job
+                        pool.give_back(gpus)
             oom_seen = oom_now
     finally:
         signal.signal(signal.SIGTERM, previous)
     return [e or Ending(started=False) for e in endings]
+
+
+def _start(context, job: Callable[[], Any], threads: int, gpus: list[str] | None) -> tuple:
+    """A job's forked process, started, and the end of the pipe its result comes back on."""
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(job, threads, send, gpus))
+    process.start()
+    send.close()
+    return process, receive
+
+
+def _reap(process, receive, oom_seen: int | None, oom_now: int | None) -> Ending:
+    """How a job that ended (or died) ended: its result, or what it died of."""
+    ending = None
+    with contextlib.suppress(EOFError):  # nothing sent when it died first
+        ending = Ending(result=receive.recv())
+    process.join()
+    receive.close()
+    ending = ending or Ending(died_of=_death(process.exitcode, oom_seen, oom_now))
+    ending.ended = time.time()
+    return ending
 
 
 def _death(exitcode: int | None, oom_seen: int | None, oom_now: int | None) -> str:
@@ -177,7 +252,8 @@ def settle(run_dir: Path, ending: Ending) -> Status:
         return Status.NOT_STARTED
     record = runs.earlier_record(run_dir)
     if ending.died_of is not None:
-        runs.kill(run_dir, f"{ending.died_of} in epoch {len(record.get('history', [])) + 1}")
+        why = f"{ending.died_of} in epoch {len(record.get('history', [])) + 1}"
+        runs.kill(run_dir, why, at=ending.ended)
         return Status.KILLED
     result = ending.result
     completed = isinstance(result, JobReturn) and result.status == JobStatus.COMPLETED
@@ -204,15 +280,19 @@ def end_of_sweep(config, told: list[Status], sweep_dir: Path, returns: list[JobR
     printed by RunDirGuard.on_multirun_end. A search sums its trials up itself."""
     whole_sweep = "BasicSweeper" in config.hydra.sweeper._target_
     if whole_sweep and not all(e.ended for e in told):
-        raise SweepIncomplete(runs.summary(told, sweep_dir))
+        spread = runs.spread(runs.find_runs(sweep_dir))
+        raise SweepIncomplete(runs.summary(told, sweep_dir, spread=spread))
     return returns
 
 
 class LocalLauncher(Launcher):
-    """Each job of a sweep in a forked process of its own, `n_jobs` at a time."""
+    """Each job of a sweep in a forked process of its own, `n_jobs` at a time, spread over the
+    machine's GPUs, `jobs_per_device` on each."""
 
-    def __init__(self, n_jobs: int | None = None) -> None:
-        self.n_jobs = n_jobs
+    def __init__(
+        self, n_jobs: int | None = None, devices: Any = "auto", jobs_per_device: int = 4
+    ) -> None:
+        self.n_jobs, self.devices, self.jobs_per_device = n_jobs, devices, jobs_per_device
 
     def setup(self, *, hydra_context, task_function, config) -> None:
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
@@ -221,28 +301,31 @@ class LocalLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        n_jobs, threads = job_shares(self.n_jobs, self.config.get("num_threads"))
-        configs = []
-        for idx, overrides in enumerate(job_overrides, initial_job_idx):
-            config = self.hydra_context.config_loader.load_sweep_config(
-                self.config, list(overrides)
-            )
-            with open_dict(config):
-                config.hydra.job.id = idx
-                config.hydra.job.num = idx
-            configs.append(config)
+        configs = [
+            self._config(overrides, idx)
+            for idx, overrides in enumerate(job_overrides, initial_job_idx)
+        ]
+        pool, wanted = self._pool(configs)
+        n_jobs = self.n_jobs or (len(pool.devices) * pool.per_device if pool else None)
+        n_jobs, threads = job_shares(n_jobs, self.config.get("num_threads"))
         # A search launches its trials one at a time and sums them up itself.
-        whole_sweep = "BasicSweeper" in self.config.hydra.sweeper._target_
-        if whole_sweep:
+        if "BasicSweeper" in self.config.hydra.sweeper._target_:
+            on = f" on GPUs {','.join(pool.devices)}, {pool.per_device} per GPU," if pool else ""
             log.info(
-                "Launching %d jobs, %d at a time, %d threads each", len(configs), n_jobs, threads
+                "Launching %d jobs, %d at a time,%s %d threads each",
+                len(configs),
+                n_jobs,
+                on or "",
+                threads,
             )
 
-        def started(index: int, pid: int) -> None:
+        def started(index: int, pid: int, gpus: list[str] | None) -> None:
             overrides = " ".join(filter_overrides(job_overrides[index]))
-            log.info("\t#%d : %s", initial_job_idx + index, overrides)
+            on = f" (GPU {','.join(gpus)})" if gpus else ""
+            log.info("\t#%d : %s%s", initial_job_idx + index, overrides, on)
 
-        endings = run_jobs([self._job(c) for c in configs], n_jobs, threads, started)
+        jobs = [self._job(c) for c in configs]
+        endings = run_jobs(jobs, n_jobs, threads, started, pool, wanted)
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         returns, told = [], []
         for index, (config, ending) in enumerate(zip(configs, endings, strict=True)):
@@ -252,6 +335,27 @@ class LocalLauncher(Launcher):
             if ending.died_of is not None:
                 log.error("#%d %s: %s", initial_job_idx + index, ending.died_of, run_dir)
         return end_of_sweep(self.config, told, sweep_dir, returns)
+
+    def _config(self, overrides: Sequence[str], idx: int):
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(config):
+            config.hydra.job.id = idx
+            config.hydra.job.num = idx
+        return config
+
+    def _pool(self, configs: list) -> tuple[DevicePool | None, list[int]]:
+        """The GPUs the jobs share and how many each takes; no pool without GPUs."""
+        devices = pool_devices(self.devices)
+        explicit = self.devices not in (None, "auto")
+        wanted = [gpus_wanted(c.trainer, explicit) if devices else 0 for c in configs]
+        if not devices or not any(wanted):
+            return None, wanted
+        if max(wanted) > len(devices):
+            raise PoolTooSmall(
+                f"a job asks for trainer.devices={max(wanted)} GPUs, the sweep has {len(devices)} "
+                f"({','.join(devices)}): ask for fewer, or list more in hydra.launcher.devices"
+            )
+        return DevicePool(devices, self.jobs_per_device), wanted
 
     def _job(self, config) -> Callable[[], JobReturn]:
         def job() -> JobReturn:

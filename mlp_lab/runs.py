@@ -109,6 +109,8 @@ def new_part(started: float) -> dict:
     pid = os.getpid()
     part = {"host": socket.gethostname(), "pid": pid, "process_start": _process_start(pid)}
     part.update(started=started, heartbeat=time.time())
+    # The GPUs its launcher gave it (null: none chosen, every GPU visible).
+    part["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
     if slurm_job():
         part["slurm_job"] = slurm_job()
     return part
@@ -154,9 +156,10 @@ def start(run_dir: Path, config: dict, params: int, started: float, resumed: boo
     return record
 
 
-def start_fit(run_dir: Path, record: dict) -> None:
-    """The part's training begins (a killed part's fit time counts from here)."""
-    record["parts"][-1]["fit_started"] = time.time()
+def start_fit(run_dir: Path, record: dict, device: str) -> None:
+    """The part's training begins on `device` (a GPU's name, or the CPU and its threads); a killed
+    part's fit time counts from here."""
+    record["parts"][-1].update(fit_started=time.time(), device=device)
     write_record(run_dir, record)
 
 
@@ -186,7 +189,9 @@ def finish(run_dir: Path, record: dict, pruned: bool, times: dict, **results) ->
     return record
 
 
-def _end(run_dir: Path, why: str, to: Status, seen_from_outside: bool) -> None:
+def _end(
+    run_dir: Path, why: str, to: Status, seen_from_outside: bool, at: float | None = None
+) -> None:
     record = earlier_record(run_dir)
     parts = record.get("parts", [])
     own = bool(parts) and (parts[-1]["host"], parts[-1]["pid"]) == (
@@ -196,7 +201,7 @@ def _end(run_dir: Path, why: str, to: Status, seen_from_outside: bool) -> None:
     if parts and not own and not seen_from_outside:
         return  # a resume that never started: the run's own record stays as it was
     if parts:
-        parts[-1]["ended"] = time.time()
+        parts[-1]["ended"] = at or time.time()
     write_record(run_dir, {**record, "status": to, "error": why})
 
 
@@ -210,9 +215,10 @@ def interrupt(run_dir: Path, why: str) -> None:
     _end(run_dir, why, Status.INTERRUPTED, seen_from_outside=False)
 
 
-def kill(run_dir: Path, why: str) -> None:
-    """The run's process died (its launcher saw it end): SIGKILL, out of memory, a lost node."""
-    _end(run_dir, why, Status.KILLED, seen_from_outside=True)
+def kill(run_dir: Path, why: str, at: float | None = None) -> None:
+    """The run's process died (its launcher saw it end, `at`): SIGKILL, out of memory, a lost
+    node."""
+    _end(run_dir, why, Status.KILLED, seen_from_outside=True, at=at)
 
 
 def part_times(part: dict) -> tuple[float, float]:
@@ -251,8 +257,42 @@ def describe(run_dir: Path, record: dict) -> str:
     return f"{now}: {record.get('error') or f'{done} epochs so far'}"
 
 
-def summary(endings: list[Status], folder: Path, noun: str = "run") -> str:
-    """One line: how many runs ended how, and the command to go on with."""
+def part_end(part: dict) -> float:
+    """When a part ended (or was last seen alive), time.time()'s clock."""
+    if "ended" in part:
+        return part["ended"]
+    if "wall_time_s" in part:
+        return part["started"] + part["wall_time_s"]
+    return part["heartbeat"]
+
+
+def spread(run_dirs: list[Path]) -> str:
+    """How a sweep's runs shared the GPUs its launcher gave them, from their records: " on 2 GPUs,
+    4 at a time on each", or "" where none was given one."""
+    spans: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
+    for run_dir in run_dirs:
+        for part in earlier_record(run_dir).get("parts", []):
+            for device in filter(None, (part.get("cuda_visible_devices") or "").split(",")):
+                spans[device].append((part["started"], part_end(part)))
+    if not spans:
+        return ""
+    at_once = max(most_at_once(times) for times in spans.values())
+    each = "each" if len(spans) > 1 else "it"
+    return f" on {len(spans)} GPU{'s' * (len(spans) > 1)}, {at_once} at a time on {each}"
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The most of these (start, end) spans that overlap at any moment."""
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running = most = 0
+    for _, change in events:  # an end sorts before a start at the same moment
+        running += change
+        most = max(most, running)
+    return most
+
+
+def summary(endings: list[Status], folder: Path, noun: str = "run", spread: str = "") -> str:
+    """One line: how many runs ended how (`spread`: on which GPUs) and the command to go on with."""
     counts = collections.Counter(endings)
     told = ", ".join(f"{counts[s]} {s}" for s in Status if counts[s])
     n = len(endings)
@@ -261,7 +301,7 @@ def summary(endings: list[Status], folder: Path, noun: str = "run") -> str:
         then = f"resume with: {resume_command(folder)}"
     else:
         then = f"report: python -m mlp_lab.report {folder}"
-    return f"{n} {noun}{'s' if n != 1 else ''}: {told} ({then})"
+    return f"{n} {noun}{'s' if n != 1 else ''}{spread}: {told} ({then})"
 
 
 def is_run_dir(path: str | Path | None) -> bool:
@@ -387,7 +427,8 @@ class RunDirGuard(Callback):
         # A search sums its trials up itself; a launcher whose jobs did not all end well, too.
         if "BasicSweeper" in config.hydra.sweeper._target_:
             sweep = Path(config.hydra.sweep.dir)
-            print(summary([ending(run) for run in find_runs(sweep)], sweep))
+            jobs = find_runs(sweep)
+            print(summary([ending(run) for run in jobs], sweep, spread=spread(jobs)))
 
 
 def resumed_config(run_dir: Path, overrides: list[str]) -> TrainConfig:

@@ -1,7 +1,10 @@
+import functools
 import re
 
 import pytest
 import torch
+from commands import run_module
+from conftest import fast_overrides
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ValidationError
 
@@ -327,3 +330,50 @@ def test_the_names_a_check_allows_are_the_names_implemented():
     assert tuple(model.ACTIVATIONS) == config.ACTIVATIONS
     assert tuple(losses.LOSSES) == config.LOSSES
     assert tuple(module.OPTIMIZERS) == config.OPTIMIZERS
+
+
+def fake_cpu(path, flags: str):
+    """A /proc/cpuinfo of one core with these flags."""
+    path.write_text(f"processor\t: 0\nmodel name\t: Fake CPU\nflags\t\t: fpu sse2 {flags}\n")
+    return path
+
+
+def read_cpuinfo_from(path):
+    from mlp_lab import cluster
+
+    cluster.CPUINFO = path
+
+
+def test_bf16_is_refused_in_one_line_on_a_cpu_without_bf16_instructions(tmp_path, monkeypatch):
+    from mlp_lab import cluster
+
+    monkeypatch.setattr(cluster, "CPUINFO", fake_cpu(tmp_path / "cpuinfo", "avx2 avx512f"))
+    monkeypatch.setattr(cluster, "cuda_gpus", lambda: 0)
+    message = (
+        "trainer.precision='bf16-mixed' is not allowed: this CPU (Fake CPU) has no bf16 "
+        "instructions (amx_bf16, avx512_bf16), so torch emulates bf16 and runs slower than in "
+        "float32; use trainer=default (32-true) here"
+    )
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config("trainer=bf16")
+    setup = functools.partial(read_cpuinfo_from, tmp_path / "cpuinfo")
+    result = run_module("mlp_lab.train", "trainer=bf16", setup=setup)
+    assert (result.returncode, result.stderr) == (1, f"error: {message}\n")
+    # Where a GPU takes the run, whatever the CPU.
+    monkeypatch.setattr(cluster, "cuda_gpus", lambda: 1)
+    assert load_config("trainer=bf16").trainer.precision == "bf16-mixed"
+
+
+def test_bf16_trains_on_a_cpu_with_amx(synthetic_root, tmp_path, monkeypatch):
+    from mlp_lab import cluster
+    from mlp_lab.fit import train
+
+    monkeypatch.setattr(cluster, "CPUINFO", fake_cpu(tmp_path / "cpuinfo", "amx_bf16 amx_tile"))
+    assert cluster.cpu_bf16() == ["amx_bf16"]
+    overrides = fast_overrides(
+        synthetic_root, "trainer=bf16", "trainer.max_epochs=1", "logger=none"
+    )
+    record = train(load_config(*overrides), tmp_path / "run")
+    assert record["status"] == "completed"
+    assert record["config"]["trainer"]["precision"] == "bf16-mixed"
+    assert record["parts"][-1]["device"].startswith("cpu (")

@@ -7,6 +7,7 @@ from torch import nn
 
 from benchmarks.epoch_speed import epoch_flops
 from benchmarks.variants import VARIANTS, build_plain
+from mlp_lab import cluster
 from mlp_lab.fit import build
 from mlp_lab.train import load_config
 
@@ -43,19 +44,28 @@ def test_quick_run_times_every_variant_and_writes_json_and_markdown(real_data_ro
     assert done.returncode == 0, done.stderr
     summary = json.loads(out.read_text())
     assert summary.keys() >= {"commit", "torch", "threads", "cpu", "date", "matmul_peak_gflops"}
-    assert list(summary["variants"]) == list(VARIANTS)
-    for variant in summary["variants"].values():
+    # bf16 (f) is timed where it is faster than float32: a CPU with bf16 instructions.
+    bf16 = bool(cluster.cpu_bf16())
+    assert list(summary["variants"]) == [k for k in VARIANTS if k != "f" or bf16]
+    for key, variant in summary["variants"].items():
         figures = variant["batch_sizes"]["256"]
         assert len(figures["epoch_s"]) == 2 and figures["s_per_epoch"] > 0
         assert figures["peak_fraction"] > 0 and 0 <= figures["val_acc"] <= 1
         assert variant["rss_mb"] > 0
+        # The floor: the epoch's arithmetic at the best matmul rate of its precision.
+        peak = summary["bf16_matmul_peak_gflops" if key == "f" else "matmul_peak_gflops"]["max"]
+        flops = epoch_flops(variant["widths"], figures["train_images"], figures["val_images"])
+        assert figures["floor_s"] == pytest.approx(flops / peak / 1e9, abs=1e-4)
     assert summary["variants"]["d"]["worker_rss_mb"] > 0  # the lab's pipeline runs workers
-    assert set(summary["ratios"]["256"]) == {"a_over_c", "d_over_a", "e_over_a"}
+    ratios = {"a_over_c", "d_over_a", "e_over_a"} | ({"a_over_f"} if bf16 else set())
+    assert set(summary["ratios"]["256"]) == ratios
     # The same table in the terminal and in results.md, under the command and the machine.
     report = out.with_suffix(".md").read_text()
     assert report in done.stdout
     assert report.startswith("`python -m benchmarks.epoch_speed --quick --batch-sizes 256 --out ")
     head = "\n".join(report.splitlines()[:2])
     assert all(str(summary[fact]) in head for fact in ("commit", "cpu", "torch", "date"))
-    for key, label in VARIANTS.items():
-        assert f"| ({key}) {label} | 256 |" in report
+    for key in summary["variants"]:
+        assert f"| ({key}) {VARIANTS[key]} | 256 |" in report
+    if not bf16:
+        assert "bf16: not timed, this CPU (" in report

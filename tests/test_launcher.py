@@ -15,6 +15,7 @@ import pytest
 import torch
 from commands import Command, run_module
 from conftest import fast_overrides
+from omegaconf import OmegaConf
 
 from mlp_lab import resume, runs
 
@@ -176,3 +177,106 @@ def test_a_run_another_resume_command_holds_is_left_alone(tmp_path, capsys):
         f"left alone: {run}: being resumed by another command",
         f"nothing to resume under {tmp_path / 'sweep'}",
     ]
+
+
+def spans_on(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    """Each device's (start, end) spans of the jobs it was given, from their records."""
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for record in records:
+        part = record["parts"][-1]
+        end = part.get("ended") or part["started"] + part["wall_time_s"]
+        spans.setdefault(part["cuda_visible_devices"], []).append((part["started"], end))
+    return spans
+
+
+def overlapping(spans: list[tuple[float, float]]) -> int:
+    """The most spans alive at one of their starts."""
+    return max(sum(s <= start < e for s, e in spans) for start, _ in spans)
+
+
+def test_a_device_pool_gives_each_job_its_gpu_two_at_a_time(synthetic_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    pool = ("hydra.launcher.devices=[0,1]", "hydra.launcher.jobs_per_device=2")
+    args = ("seed=0,1,2,3", *pool, "trainer.accelerator=cpu", "trainer.max_epochs=2")
+    result = start_sweep(synthetic_root, sweep, *args).communicate(timeout=300)
+    records = [runs.read_record(sweep / str(n)) for n in range(4)]
+    assert sorted(r["parts"][-1]["cuda_visible_devices"] for r in records) == ["0", "0", "1", "1"]
+    assert all(overlapping(s) <= 2 for s in spans_on(records).values())
+    # What each ran on: the CPU, its cores shared by the four jobs.
+    assert {r["parts"][-1]["device"] for r in records} == {"cpu (1 threads)"}
+    assert result[0].strip().splitlines()[-1] == (
+        f"4 runs on 2 GPUs, 2 at a time on each: 4 completed "
+        f"(report: python -m mlp_lab.report {sweep})"
+    )
+
+
+def test_a_killed_jobs_gpu_goes_to_the_next_job(synthetic_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    # One job per GPU: job 2 waits for a free one, which job 0's death gives it.
+    pool = ("hydra.launcher.devices=[0,1]", "hydra.launcher.jobs_per_device=1")
+    args = ("seed=0,1,2", *pool, "trainer.max_epochs=4", "data.batch_size=16")
+    process = start_sweep(synthetic_root, sweep, *args)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        record = runs.earlier_record(sweep / "0")
+        if len(record.get("history", [])) >= 1:
+            assert not (sweep / "2").exists()  # waiting: both GPUs are taken
+            killed_at = time.time()
+            os.kill(record["parts"][-1]["pid"], signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 1, err[-3000:]
+    killed, other, next_job = (runs.read_record(sweep / str(n)) for n in range(3))
+    assert (killed["status"], other["status"], next_job["status"]) == (
+        "killed", "completed", "completed",
+    )  # fmt: skip
+    given = [r["parts"][-1]["cuda_visible_devices"] for r in (killed, other, next_job)]
+    assert given[0] != given[1] and given[2] == given[0]
+    # Its record ends when its launcher saw it die, before the next job began on its GPU.
+    assert killed_at <= killed["parts"][-1]["ended"] <= next_job["parts"][-1]["started"]
+    assert all(overlapping(s) == 1 for s in spans_on([killed, other, next_job]).values())
+
+
+def test_the_pool_counts_gpus_without_initialising_cuda(monkeypatch):
+    # No GPU here: a machine with two is faked where the launcher counts them (NVML's count).
+    from mlp_lab import cluster, launcher
+
+    monkeypatch.setattr(cluster, "cuda_gpus", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert launcher.pool_devices("auto") == ["0", "1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert launcher.pool_devices("auto") == ["3", "5"]
+    pool = launcher.DevicePool(launcher.pool_devices("auto"), per_device=2)
+
+    def job():
+        return os.environ["CUDA_VISIBLE_DEVICES"], torch.cuda.is_initialized()
+
+    endings = launcher.run_jobs([job] * 4, n_jobs=4, threads=1, pool=pool, wanted=[1] * 4)
+    assert sorted(e.result for e in endings) == [
+        ("3", False),
+        ("3", False),
+        ("5", False),
+        ("5", False),
+    ]
+    assert not torch.cuda.is_initialized()  # nor in the sweep's own process
+    assert pool.load == {"3": 0, "5": 0}
+
+
+def test_without_gpus_the_launcher_runs_as_before(monkeypatch):
+    from mlp_lab import cluster, launcher
+
+    monkeypatch.setattr(cluster, "cuda_gpus", lambda: 0)
+    assert launcher.pool_devices("auto") == []
+    local = launcher.LocalLauncher()  # devices=auto, jobs_per_device=4
+    jobs = [OmegaConf.create({"trainer": {"accelerator": "auto", "devices": 1}})] * 2
+    assert local._pool(jobs) == (None, [0, 0])  # no pool: the cores shared as before
+    # With GPUs, a job takes its trainer.devices of them; a CPU job none, unless given a list.
+    monkeypatch.setattr(cluster, "cuda_gpus", lambda: 2)
+    cpu = OmegaConf.create({"trainer": {"accelerator": "cpu", "devices": 1}})
+    two = OmegaConf.create({"trainer": {"accelerator": "gpu", "devices": 2}})
+    pool, wanted = local._pool([cpu, two])
+    assert (pool.devices, pool.per_device, wanted) == (["0", "1"], 4, [0, 2])
+    assert launcher.LocalLauncher(devices=[0, 1])._pool([cpu])[1] == [1]
+    with pytest.raises(launcher.PoolTooSmall, match="trainer.devices=2 GPUs, the sweep has 1"):
+        launcher.LocalLauncher(devices=[0])._pool([two])
