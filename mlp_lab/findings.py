@@ -303,6 +303,11 @@ class XORFinding:
     def words(self) -> dict:
         return self.record.get("study", {})
 
+    def short(self) -> str:
+        seeds = self.record["seeds"]
+        solved = sum(s["solved"] for s in seeds)
+        return f"solved by {solved} of {len(seeds)} seeds ({solved / len(seeds):.0%})"
+
     def answer(self) -> tuple[str, str]:
         """The answer in words and the agreement with the lab's "it learns XOR"."""
         seeds = self.record["seeds"]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogFormatter, MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from mlp_lab import findings, runs
 from mlp_lab.cluster import machine
@@ -108,12 +108,7 @@ def plot_study(study: Study, path: Path | None = None):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, never 1.5
         ax.grid(alpha=0.3)
         if key.endswith("loss"):
-            ax.set_yscale("log")  # losses of different functions differ in scale
-            # Plain numbers (0.3, not 3×10⁻¹), minor ticks labelled only where few decades show.
-            ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-            ax.yaxis.set_minor_formatter(
-                LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5))
-            )
+            _log_scale(ax)
         if turn:
             ax.axvline(turn, color="grey", ls=":", lw=1)
     seeds = max(len(v.runs) for v in groups)
@@ -127,6 +122,16 @@ def plot_study(study: Study, path: Path | None = None):
     turned = f"; dotted: lowest validation loss (epoch {turn})" if turn else ""
     fig.suptitle(f"{title}: mean over {seeds} seed{'s' * (seeds > 1)}{band}{turned}")
     return save(fig, path)
+
+
+def _log_scale(ax) -> None:
+    """A log y axis (losses of different functions differ in scale) with plain numbers, 0.3 not
+    3×10⁻¹, its minor ticks labelled where they do not crowd: within a decade and a half."""
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda y, _: f"{y:.2g}")
+    low, high = ax.get_ylim()
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain if high / low < 10**1.5 else NullFormatter())
 
 
 def _band(ax, variant: Variant, key: str, label: str, style: str) -> None:
@@ -364,7 +369,7 @@ def xor_section(xor: findings.XORFinding) -> tuple[tuple, tuple[str, ...], list[
     lines += [f"**Held fixed:** {held}; MSE loss, full-batch SGD.", "", f"**Our answer:** {said}"]
     if words.get("lab_found"):
         lines += ["", f"**The original lab found:** {words['lab_found']}. **Ours {agree}.**"]
-    row = (question, said.split(";")[0], words.get("lab_found") or "-", agree)
+    row = (question, xor.short(), words.get("lab_found") or "-", agree)
     return (words.get("order") or 99, str(xor.path)), row, lines
 
 

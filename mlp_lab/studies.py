@@ -34,15 +34,8 @@ class Study:
     path: Path
     runs: list[Run] = field(default_factory=list)
     skipped: dict[Path, str] = field(default_factory=dict)  # run directory: why
-
-    @property
-    def words(self) -> dict:
-        """The study's question and the lab's finding (the config's `study`), from its runs."""
-        for run in self.runs:
-            words = run.record.get("config", {}).get("study")
-            if words:
-                return words
-        return {}
+    # The study's question and the lab's finding (the config's `study`), from any of its records.
+    words: dict = field(default_factory=dict)
 
 
 def find_studies(dirs: list[Path]) -> list[Study]:
@@ -62,6 +55,7 @@ def find_studies(dirs: list[Path]) -> list[Study]:
             except runs.RunError as err:
                 study.skipped[run_dir] = str(err)
                 continue
+            study.words = study.words or record.get("config", {}).get("study") or {}
             if runs.status(record) is runs.Status.COMPLETED:
                 study.runs.append(Run(run_dir, record, overrides))
             else:

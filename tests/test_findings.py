@@ -220,3 +220,14 @@ def test_xor_answer_counts_the_seeds_that_solve_it(tmp_path):
         "stall with a dead ReLU unit: seeds 0 (MSE 0.125), 7 (MSE 0.125)."
     )
     assert word == "agrees"
+    assert xor.short() == "solved by 18 of 20 seeds (90%)"
+
+
+def test_a_study_none_of_whose_runs_finished_still_asks_its_question(tmp_path):
+    sweep = tmp_path / "overfit"
+    killed = {"status": "killed", "error": "killed by SIGKILL in epoch 3", "history": []}
+    fake_run(sweep / "0", ["seed=0"], 0.9, 0.9, config={"study": BATCH_NORM}, **killed)
+    (sweep / "multirun.yaml").write_text("{}")
+    text = write_report([sweep], tmp_path / "out").read_text()
+    assert f"| {BATCH_NORM['question']} | - | {BATCH_NORM['lab_found']} | - |" in text
+    assert f"- `python -m mlp_lab.resume {sweep}`" in text  # the command that finishes it
