@@ -263,7 +263,7 @@ def header(studies: list[Study]) -> list[str]:
     configs = [run.record.get("config", {}) for run in done]
     precisions = sorted({str(c["trainer"]["precision"]) for c in configs if "trainer" in c})
     seeds = sorted({seed_of(run) for run in done}, key=lambda s: (len(s), s))
-    parts = [part for run in done for part in run.record.get("parts", []) if "wall_time_s" in part]
+    parts = [part for run in done for part in run.record.get("parts", [])]
     line = (
         f"{n} run{'s' * (n != 1)} in {k} stud{'ies' if k != 1 else 'y'}, {date.today()}, on "
         f"{machine()}; precision {', '.join(precisions) or 'not recorded'}; "
@@ -271,10 +271,8 @@ def header(studies: list[Study]) -> list[str]:
         f"{', '.join(seeds)}"
     )
     if parts:
-        span = max(p["started"] + p["wall_time_s"] for p in parts) - min(
-            p["started"] for p in parts
-        )
-        work = sum(p["wall_time_s"] for p in parts)
+        span = max(map(runs.part_end, parts)) - min(p["started"] for p in parts)
+        work = sum(runs.part_end(p) - p["started"] for p in parts)
         line += (
             f"; {_duration(span)} from the first run's start to the last run's end "
             f"({_duration(work)} of runs side by side)"
