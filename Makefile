@@ -57,12 +57,14 @@ JOBS ?= 2
 LAUNCHER ?= local
 THREADS := $(shell n=$$(( $$(nproc) / $(JOBS) )); echo $$(( n > 0 ? n : 1 )))
 
-# Every study of conf/experiment/ over SEEDS, then the whole lab's report: outputs/lab/report.md.
+# Every study of conf/experiment/ over SEEDS, then the whole lab's report: outputs/lab/report.html.
 # Five seeds, because the report's paired 95 % interval is t·s/√n wide: 8.98 s with two seeds, 2.48 s
 # with three, 1.24 s with five (s: the spread of the per-seed differences). 27 minutes on 2 CPU cores.
 # A run that dies (killed, out of memory) is marked so and the rest go on; `make lab RESUME=1`
 # resumes what did not finish, runs the studies not started, and writes the report again.
 lab: data
+	@n=$$(echo "$(SEEDS)" | tr ',' '\n' | grep -c .); [ $$n -ge 5 ] || echo "note: $$n seed(s) \
+	give fragile words (the report marks them borderline); 5 or more give firmer ones"
 	$(if $(RESUME),,rm -rf $(LAB))
 	failed=""; for study in $(STUDIES); do \
 		if [ -n "$(RESUME)" ] && [ -d $(LAB)/$$study ]; then continue; fi; \
@@ -75,6 +77,7 @@ lab: data
 	fi; \
 	if [ -n "$(RESUME)" ]; then $(PY) -m mlp_lab.resume $(LAB) --jobs $(JOBS) || failed="$$failed resumed"; fi; \
 	$(PY) -m mlp_lab.report $(LAB)/*/ --out $(LAB) && \
+	echo "the report: $(LAB)/report.html; its runs in TensorBoard: make tensorboard LOGDIR=$(LAB)/tensorboard" && \
 	if [ -n "$$failed" ]; then \
 		echo "error: not every run finished:$$failed (see $(LAB)/report.md; go on with make lab RESUME=1)"; \
 		exit 1; \

@@ -19,6 +19,8 @@ from pathlib import Path
 from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from mlp_lab.messages import not_a_list
+
 # The configs: those a wheel carries in mlp_lab/conf, else the project's conf/ (a checkout, an
 # editable install). Absolute, so that Hydra finds them from any working directory, however a
 # command is started (`python -m`, a console script, a call of its main()).
@@ -117,7 +119,11 @@ def explain(err: Exception, command: str, schema: type | None = None) -> str:
     if message.startswith(("error:", "stopped:")):  # a sweep's failed job, already one line
         return message
     if message.startswith("Error merging override ") and cause is not None:
-        return f"error: {message.removeprefix('Error merging override ')}: {_first_line(cause)}"
+        override = message.removeprefix("Error merging override ")
+        if not_a_list(_first_line(cause)):
+            key, value = override.split("=", 1)
+            return f"error: {override}: use a list: {key}=[{value}]"
+        return f"error: {override}: {_first_line(cause)}"
     detail = f": {_first_line(cause)}" if cause is not None else ""
     return f"error: {message}{detail}"
 

@@ -320,11 +320,15 @@ class StudyConfig:
 
     A claim is "A > B" (A scored higher) or "A = B", on test accuracy; a side is a variant as the
     report names it (model.batch_norm=true) or, in a one-variant study, a metric of the last epoch
-    (train_acc).
+    (train_acc). `asks` are the comparisons the question is about ("A > B": yes when A is above
+    B), from which the report's answer begins Yes, No, Partly or Cannot tell; `names` give a
+    variant the words the answer calls it by.
     """
 
     question: str | None = None
     order: int = 0  # its place in the lab's report
+    asks: list[str] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)
     lab_found: str | None = None  # the lab's numbers and its conclusion, in words
     lab_claims: list[str] = field(default_factory=list)
 
@@ -332,6 +336,8 @@ class StudyConfig:
         check = _checker("study.", self)
         claims = all(CLAIM.fullmatch(c) for c in self.lab_claims)
         check("lab_claims", claims, 'claims like "model.batch_norm=true > model.batch_norm=false"')
+        asks = all((m := CLAIM.fullmatch(c)) and m[2] == ">" for c in self.asks)
+        check("asks", asks, 'comparisons like "model.batch_norm=true > model.batch_norm=false"')
 
 
 @dataclass

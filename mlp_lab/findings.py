@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,11 @@ from scipy import stats
 from mlp_lab.config import CLAIM
 from mlp_lab.loggers import LOGISTICS, flatten
 from mlp_lab.studies import (
+    EQUAL,
+    MEASURE,
+    MEASURE_NAME,
     MIN_SEEDS,
+    NOISE,
     Comparison,
     Study,
     Variant,
@@ -27,6 +31,7 @@ from mlp_lab.studies import (
     compare_values,
     label_value,
     seed_of,
+    sign_word,
     variants,
 )
 
@@ -36,8 +41,6 @@ KEY_SETTINGS = (
     *("model.dropout", "model.batch_norm", "loss.name", "optimizer.name", "optimizer.lr"),
     *("optimizer.momentum", "optimizer.schedule", "trainer.max_epochs", "trainer.precision"),
 )
-# A claim "A = B" holds where the whole interval of A − B lies within ±EQUAL: one point of accuracy.
-EQUAL = 0.01
 
 
 def shown(value: Any) -> str:
@@ -81,85 +84,146 @@ def settings_lines(study: Study) -> list[str]:
 
 
 def best_variant(groups: list[Variant]) -> Variant:
-    return max(groups, key=lambda v: v.mean_std("best_val_acc")[0])
+    return max(groups, key=lambda v: v.mean_std(MEASURE)[0])
 
 
-def answer(study: Study) -> str | None:
-    """The study's answer in words, from each variant's paired comparison with the best on best
-    validation accuracy; None for a study of one variant."""
+def _key(side: str) -> frozenset:
+    return frozenset(_side(side).items())
+
+
+def _namer(study: Study) -> Callable[[str], str]:
+    """A variant's label → the words the study's config gives it (`study.names`), else the label."""
+    names = {_key(side): words for side, words in (study.words.get("names") or {}).items()}
+    return lambda label: names.get(_key(label)) or f"`{label}`"
+
+
+def difference(a: str, b: str, c: Comparison | None) -> str:
+    """A − B in words, with its direction and size: above, below, or not told apart."""
+    if c is None or c.direction == "too few seeds":
+        return f"{a} against {b}: too few seeds"
+    said = {
+        "better": f"{a} is above {b} by {c.interval()}",
+        "worse": f"{a} is below {b} by {c.interval()}",
+    }.get(c.direction, f"{a} and {b} are not told apart ({c.interval()})")
+    return said + (" (borderline)" if c.fragile(sign_word) else "")
+
+
+def answer(study: Study) -> tuple[str, str] | None:
+    """The study's answer: its first sentence, which the summary table shows, and what follows;
+    None for a study of one variant."""
     groups = variants(study)
     if len(groups) < 2:
         return None
-    best = best_variant(groups)
+    asked = asked_comparisons(study, groups)
+    return yes_no(asked, _paired([(None, c) for *_, c in asked])) if asked else which(study, groups)
+
+
+def asked_comparisons(study: Study, groups: list[Variant]) -> list[tuple[str, str, Comparison]]:
+    """The comparisons the question asks about (`study.asks`, each "A > B"), named, on MEASURE;
+    those with a side not among the runs left out."""
+    name, asked = _namer(study), []
+    for claim in study.words.get("asks") or []:
+        a, _, b = CLAIM.fullmatch(claim).groups()
+        sides = _resolve(a, groups), _resolve(b, groups)
+        if None not in sides:
+            (va, _), (vb, _) = sides
+            asked.append((name(va.label), name(vb.label), compare(va, vb)))
+    return asked
+
+
+def yes_no(asked: list[tuple[str, str, Comparison | None]], paired: str) -> tuple[str, str]:
+    """Yes when A is above B in every comparison asked, No when in none and below in some,
+    Partly when above in some, else Cannot tell; borderline where a comparison is."""
+    cs = [c for *_, c in asked]
+    directions = [c.direction if c else "too few seeds" for c in cs]
+    said = "; ".join(difference(a, b, c) for a, b, c in asked)
+    borderline = " (borderline)" if any(c.fragile(sign_word) for c in cs if c) else ""
+    if "too few seeds" in directions:  # no verdict, so nothing to call borderline
+        seeds = max((c.paired_seeds for c in cs if c), default=1)
+        return f"Cannot tell with {seeds} seed{'s' * (seeds != 1)}: {said}.", _more_seeds(cs)
+    if set(directions) == {"no clear difference"}:
+        seeds = max((c.paired_seeds for c in cs if c), default=1)
+        first = f"Cannot tell with {seeds} seed{'s' * (seeds != 1)}{borderline}: {said}."
+        return first, " ".join(filter(None, [_more_seeds(cs), *map(_settle, cs)]))
+    if set(directions) == {"better"}:
+        word = "Yes"
+    elif "better" not in directions:
+        word = "No"
+    else:
+        word = "Partly"
+    first = f"{word}{borderline}: {said} ({MEASURE_NAME}{paired})."
+    return first, " ".join(filter(None, map(_settle, cs)))
+
+
+def which(study: Study, groups: list[Variant]) -> tuple[str, str]:
+    """For a question without `asks`: the variant with the highest mean, and how each other one
+    stands against it."""
+    name, best = _namer(study), best_variant(groups)
     others = [(v, compare(v, best)) for v in groups if v is not best]
-    if len(others) == 1:
-        return _against_one(best, *others[0])
-    below = [f"`{v.label}` ({c.interval(-1)})" for v, c in others if c and c.direction == "worse"]
-    level = [(v, c) for v, c in others if c and c.direction == "no clear difference"]
+    mean = best.mean_std(MEASURE)[0]
+    said = [f"{name(best.label)} has the highest {MEASURE_NAME} ({mean:.4f})"]
+    for word, heading in (("worse", "below it"), ("no clear difference", "not told apart")):
+        named = [
+            f"{name(v.label)} ({c.interval()}{', borderline' * c.fragile(sign_word)})"
+            for v, c in others
+            if c and c.direction == word
+        ]
+        if named:
+            said.append(f"{heading}{_paired(others)}: {', '.join(named)}")
     unsure = [v for v, c in others if not c or c.direction == "too few seeds"]
-    mean = best.mean_std("best_val_acc")[0]
-    words = [f"`{best.label}` has the highest validation accuracy ({mean:.4f})."]
-    if below:
-        words.append(f"Clearly below it{_paired(others)}: {', '.join(below)}.")
-    if level:
-        told = ", ".join(f"`{v.label}` ({c.interval(-1)})" for v, c in level)
-        words.append(f"Not told apart from it{_paired(others)}: {told}{_needed(level)}.")
     if unsure:
-        words.append(f"{_too_few(others)} for {', '.join(f'`{v.label}`' for v in unsure)}.")
-    return " ".join(words)
+        said.append(f"too few seeds against {', '.join(name(v.label) for v in unsure)}")
+    cs = [c for _, c in others]
+    return "; ".join(said) + ".", _more_seeds(cs) if unsure else ""
 
 
-def _against_one(best: Variant, other: Variant, c: Comparison | None) -> str:
-    if c is None or c.direction == "too few seeds":
-        return f"{_too_few([(other, c)])}: `{best.label}` against `{other.label}`."
-    difference = f"{c.interval(-1)} validation accuracy{_paired([(other, c)])}"
-    if c.direction == "worse":
-        return f"`{best.label}` is better than `{other.label}`: {difference}."
+def _settle(c: Comparison | None, word_of: Callable = sign_word, line: str = "0") -> str:
+    """Why a borderline word is so, and the seeds that would settle it."""
+    if c is None or c.direction == "too few seeds" or not c.fragile(word_of):
+        return ""
     return (
-        f"`{best.label}` and `{other.label}` are not told apart: {difference}"
-        f"{_needed([(other, c)])}."
+        f"Borderline ({c.interval()}): an end lies within {c.tolerance():.4f} of {line}, "
+        f"closer than one seed's spread or than a change of {NOISE} in each run could move it; "
+        f"{_settled(c, word_of)}."
     )
 
 
-def _paired(compared: Iterable[tuple[Variant, Comparison | None]]) -> str:
+def _settled(c: Comparison, word_of: Callable) -> str:
+    at = c.settled_at(word_of)
+    if at:
+        return f"about {at} seeds would settle it"
+    return "no number of seeds would settle it: the difference itself lies that close"
+
+
+def _paired(compared: Iterable[tuple[Variant | None, Comparison | None]]) -> str:
     seeds = {c.paired_seeds for _, c in compared if c}
     if seeds == {0}:
         return ", unpaired (Welch)"
     return f", paired over {max(seeds)} seeds" if seeds else ""
 
 
-def _needed(compared: Iterable[tuple[Variant, Comparison | None]]) -> str:
-    needs = [c.seeds_needed() for _, c in compared if c]
+def _more_seeds(cs: list[Comparison | None]) -> str:
+    """The seeds a verdict needs, from the spread seen so far."""
+    needs = [c.seeds_needed() for c in cs if c]
+    seeds = max((c.paired_seeds for c in cs if c), default=1)
+    if seeds < MIN_SEEDS or None in cs:
+        known = [n for n in needs if n]
+        estimate = f" (the spread seen here says about {max(known)})" if known else ""
+        return (
+            f"{seeds} seed{'s' * (seeds != 1)} cannot carry a verdict: run at least "
+            f"{MIN_SEEDS}{estimate}, e.g. seed=0,1,2,3,4."
+        )
     if not needs or None in needs:
-        return "; the differences are too small for any number of seeds to tell"
-    return f"; differences this size would take about {max(needs)} seeds to tell"
-
-
-def _too_few(compared: list[tuple[Variant, Comparison | None]]) -> str:
-    """Why there is no verdict, and the seeds the spread seen so far says a verdict needs."""
-    seeds = max((c.paired_seeds for _, c in compared if c), default=1)
-    needs = [c.seeds_needed() for _, c in compared if c and c.seeds_needed()]
-    estimate = f" (the spread seen here says about {max(needs)})" if needs else ""
-    return (
-        f"{seeds} seed{'s' * (seeds != 1)} cannot carry a verdict: run at least {MIN_SEEDS}"
-        f"{estimate}, e.g. seed=0,1,2,3,4,"
-    )
+        return "The differences are too small for any number of seeds to tell."
+    return f"Differences this size would take about {max(needs)} seeds to tell."
 
 
 def short_answer(study: Study) -> str:
-    """The answer in a few words, for the summary table."""
+    """The answer's first sentence, for the summary table."""
     groups = variants(study)
     if len(groups) < 2:
         return overfitting_short(groups[0]) if groups else "-"
-    best = best_variant(groups)
-    others = [(v, compare(v, best)) for v in groups if v is not best]
-    by_word: dict[str, list[str]] = {}
-    for v, c in others:
-        by_word.setdefault(c.direction if c else "too few seeds", []).append(f"`{v.label}`")
-    parts = [f"`{best.label}` best"]
-    for word, named in by_word.items():
-        parts.append(f"{word}: {', '.join(named)}")
-    return "; ".join(parts)
+    return answer(study)[0]
 
 
 @dataclass
@@ -169,6 +233,7 @@ class Check:
     claim: str
     word: str  # agrees, differs, cannot tell, not run here
     why: str
+    borderline: bool = False
 
 
 def _side(side: str) -> dict[str, str]:
@@ -178,20 +243,34 @@ def _side(side: str) -> dict[str, str]:
 
 
 def _resolve(side: str, groups: list[Variant]) -> tuple[Variant, str] | None:
-    """The variant and record key a claim's side names: a variant's test accuracy, or in a
-    one-variant study a metric of the last epoch."""
+    """The variant and record key a claim's side names: a variant's MEASURE, or in a one-variant
+    study a metric of the last epoch."""
     if "=" not in side:
         return (groups[0], f"last_{side}") if len(groups) == 1 else None
     wanted = _side(side)
     for v in groups:
         if v.label != "all runs" and _side(v.label) == wanted:
-            return v, "test_acc"
+            return v, MEASURE
     return None
 
 
+def claim_word(op: str) -> Callable[[float, float], str]:
+    """The word an interval of A − B gives a claim "A > B" or "A = B" (equal: the whole interval
+    within ±EQUAL; cannot tell: it crosses the margin and holds 0)."""
+    if op == ">":
+        return lambda low, high: "agrees" if low > 0 else "differs" if high < 0 else "cannot tell"
+
+    def equal(low: float, high: float) -> str:
+        if low >= -EQUAL and high <= EQUAL:
+            return "agrees"
+        return "differs" if low > 0 or high < 0 else "cannot tell"
+
+    return equal
+
+
 def lab_checks(study: Study) -> list[Check]:
-    """Each of the lab's claims (`study.lab_claims`) against our runs, on test accuracy."""
-    groups, checks = variants(study), []
+    """Each of the lab's claims (`study.lab_claims`) against our runs, on MEASURE."""
+    groups, checks, name = variants(study), [], _namer(study)
     for claim in study.words.get("lab_claims") or []:
         a, op, b = CLAIM.fullmatch(claim).groups()
         sides = _resolve(a, groups), _resolve(b, groups)
@@ -200,36 +279,50 @@ def lab_checks(study: Study) -> list[Check]:
             continue
         (va, ka), (vb, kb) = sides
         c = compare_values(va.by_seed(ka), vb.by_seed(kb), va.values(ka), vb.values(kb))
-        what = "test accuracy" if ka == "test_acc" else f"({a} − {b}, last epoch)"
-        checks.append(_weigh(claim, op, c, what))
+        metric = ka != MEASURE
+        names = (f"`{a}`", f"`{b}`") if metric else (name(va.label), name(vb.label))
+        what = f"({a} − {b}, last epoch)" if metric else MEASURE_NAME
+        checks.append(_weigh(claim, op, c, names, what))
     return checks
 
 
-def _weigh(claim: str, op: str, c: Comparison | None, what: str) -> Check:
+def _weigh(claim: str, op: str, c: Comparison | None, names: tuple, what: str) -> Check:
     if c is None or c.direction == "too few seeds":
-        return Check(claim, "cannot tell", "too few seeds to compare")
-    why = f"{c.interval()} {what}, {_paired([(None, c)]).removeprefix(', ')}"
-    if op == ">":
-        word = {"better": "agrees", "worse": "differs"}.get(c.direction, "cannot tell")
-    elif c.direction != "no clear difference":
-        word = "differs"
+        return Check(claim, "cannot tell", "too few seeds to compare", True)
+    word_of = claim_word(op)
+    word, (a, b) = word_of(c.low, c.high), names
+    paired = _paired([(None, c)]).removeprefix(", ")
+    side = "above" if c.mean > 0 else "below"
+    if op == "=" and word == "agrees":
+        why = f"{a} and {b} are equal within ±{EQUAL}: {c.interval()} {what}, {paired}"
+    elif word == "cannot tell":
+        crosses = f", crossing the margin ±{EQUAL}" if op == "=" else ""
+        why = f"not told apart: {c.interval()} {what}, {paired}{crosses}"
+        if c.seeds_needed():
+            why += f"; about {c.seeds_needed()} seeds would tell"
     else:
-        word = "agrees" if c.low >= -EQUAL and c.high <= EQUAL else "cannot tell"
-    if word == "cannot tell" and c.seeds_needed():
-        why += f"; about {c.seeds_needed()} seeds would tell"
-    return Check(claim, word, why)
+        why = f"{a} is {side} {b} by {c.interval()} {what}, {paired}"
+        why += f", not equal to it (margin ±{EQUAL})" if op == "=" else ""
+    borderline = c.fragile(word_of)
+    if borderline:
+        why += f"; {_settled(c, word_of)}"
+    return Check(claim, word, why, borderline)
 
 
 def agreement(checks: list[Check]) -> str:
-    """One word for a study: agrees, differs, agrees in part, cannot tell; "-" with no claim."""
-    words = {c.word for c in checks} - {"not run here"}
+    """One word for a study: agrees (every claim), agrees in part (some), differs (none, some
+    differ), cannot tell; "(borderline)" where a claim is; "-" with no claim."""
+    weighed = [c for c in checks if c.word != "not run here"]
+    words = {c.word for c in weighed}
     if not words:
         return "-"
-    if "differs" in words:
-        return "differs"
     if words == {"agrees"}:
-        return "agrees"
-    return "agrees in part" if "agrees" in words else "cannot tell"
+        word = "agrees"
+    elif "agrees" in words:
+        word = "agrees in part"
+    else:
+        word = "differs" if "differs" in words else "cannot tell"
+    return word + (" (borderline)" if any(c.borderline for c in weighed) else "")
 
 
 def weak_classes(variant: Variant, count: int = 3) -> str | None:
@@ -266,9 +359,9 @@ def overfitting(variant: Variant) -> str | None:
     gap = [t - v for t, v in zip(variant.curve("train_acc"), variant.curve("val_acc"), strict=True)]
     turn, last = val.index(min(val)), len(val) - 1
     if overfitting_turn(variant) is None:
-        return f"Validation loss still falls at the last epoch ({last + 1}): no overfitting yet."
+        return f"No: validation loss still falls at the last epoch ({last + 1})."
     return (
-        f"Validation loss is lowest at epoch {turn + 1} ({val[turn]:.4f}) and rises to "
+        f"Yes: validation loss is lowest at epoch {turn + 1} ({val[turn]:.4f}) and rises to "
         f"{val[last]:.4f} by epoch {last + 1}, while training loss falls from {train[turn]:.4f} "
         f"to {train[last]:.4f}; training accuracy leads validation accuracy by {gap[turn]:.4f} at "
         f"epoch {turn + 1} and {gap[last]:.4f} at epoch {last + 1}: from epoch {turn + 1} on, "
@@ -288,8 +381,8 @@ def overfitting_short(variant: Variant) -> str:
         return "-"
     turn = overfitting_turn(variant)
     if turn is None:
-        return "no overfitting within the run"
-    return f"overfits from epoch {turn} (validation loss lowest there)"
+        return "No: validation loss still falls at the last epoch"
+    return f"Yes: from epoch {turn} (validation loss lowest there)"
 
 
 @dataclass
@@ -306,7 +399,8 @@ class XORFinding:
     def short(self) -> str:
         seeds = self.record["seeds"]
         solved = sum(s["solved"] for s in seeds)
-        return f"solved by {solved} of {len(seeds)} seeds ({solved / len(seeds):.0%})"
+        share = f"{solved} of {len(seeds)} seeds ({solved / len(seeds):.0%})"
+        return f"{'Yes' if solved else 'No'}: solved by {share}"
 
     def answer(self) -> tuple[str, str]:
         """The answer in words and the agreement with the lab's "it learns XOR"."""
@@ -317,7 +411,8 @@ class XORFinding:
             f"{s['seed']} (MSE {s['final_loss']:.3g})" for s in seeds if not s["solved"]
         )
         words = (
-            f"Solved by {len(solved)} of {len(seeds)} seeds ({len(solved) / len(seeds):.0%}; "
+            f"{'Yes' if solved else 'No'}: solved by {len(solved)} of {len(seeds)} seeds "
+            f"({len(solved) / len(seeds):.0%}; "
             f"95 % interval {ci.low:.0%} to {ci.high:.0%}, Clopper-Pearson)"
             + (f"; the others stall with a dead ReLU unit: seeds {failed}." if failed else ".")
         )

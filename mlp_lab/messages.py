@@ -30,6 +30,11 @@ def out_of_memory(err: BaseException) -> str | None:
     )
 
 
+def not_a_list(message: str) -> bool:
+    """Whether OmegaConf refused a single value where its schema wants a list."""
+    return "is not a ListConfig" in message
+
+
 def autograd_found_nan(err: BaseException) -> bool:
     """Whether `err` is anomaly detection naming the backward operation that returned a NaN."""
     return "returned nan values" in str(err)

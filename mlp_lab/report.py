@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import base64
 import logging
+import os
 import re
+import shutil
 import statistics
 import sys
-import time
+import textwrap
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
@@ -29,20 +31,24 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 from mlp_lab import findings, runs
 from mlp_lab.cluster import machine
 from mlp_lab.figures import save
-from mlp_lab.studies import Study, Variant, compare, find_studies, seed_of, swept_keys, variants
+from mlp_lab.studies import (
+    EQUAL,
+    MEASURE,
+    MEASURE_NAME,
+    NOISE,
+    Study,
+    Variant,
+    compare,
+    epoch_flops,
+    find_studies,
+    seed_of,
+    swept_keys,
+    variants,
+)
 
 log = logging.getLogger(__name__)
 
-COLUMNS = (
-    "variant",
-    "seeds",
-    "params",
-    "best val acc",
-    "best epoch",
-    "test acc",
-    "s/epoch",
-    "total s",
-)
+COLUMNS = ("variant", "seeds", "params", "epochs", "GFLOP/epoch", "best val acc", "best epoch")
 
 
 def _fmt(variant: Variant, key: str, digits: int = 4) -> str:
@@ -53,9 +59,12 @@ def _fmt(variant: Variant, key: str, digits: int = 4) -> str:
 
 
 def study_table(study: Study) -> str:
+    """A row per variant: what it is and costs (nothing that depends on the machine's load), its
+    accuracies, and its difference from the best on MEASURE."""
     groups = variants(study)
-    best = max(groups, key=lambda v: v.mean_std("best_val_acc")[0])
-    header = (*COLUMNS, "Δ val acc vs best [95 % CI]", "vs best")
+    best = findings.best_variant(groups)
+    measure = MEASURE_NAME.replace("accuracy", "acc")
+    header = (*COLUMNS, measure, f"Δ {measure} vs best [95 % CI]", "vs best")
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for v in groups:
         comparison = compare(v, best) if v is not best else None
@@ -68,12 +77,15 @@ def study_table(study: Study) -> str:
             verdict = "one seed: noise unknown"
         else:
             verdict = comparison.verdict()
+        first = v.runs[0]
+        flops = epoch_flops(first)
+        cost = f"{first.record['params']:,} | {len(first.record['history'])} | " + (
+            f"{flops / 1e9:,.1f}" if flops else "-"
+        )
         epochs = "/".join(str(e) for e in v.values("best_epoch"))
         lines.append(
-            f"| {v.label} | {len(v.runs)} | {v.runs[0].record['params']:,} | "
-            f"{_fmt(v, 'best_val_acc')} | {epochs} | {_fmt(v, 'test_acc')} | "
-            f"{_fmt(v, 'mean_epoch_time_s', 2)} | {_fmt(v, 'wall_time_s', 1)} | "
-            f"{difference} | {verdict} |"
+            f"| {v.label} | {len(v.runs)} | {cost} | {_fmt(v, 'best_val_acc')} | {epochs} | "
+            f"{_fmt(v, MEASURE)} | {difference} | {verdict} |"
         )
     return "\n".join(lines)
 
@@ -84,6 +96,11 @@ PANELS = {  # the study figure's panels: history key → title
     "train_acc": "training accuracy",
     "val_acc": "validation accuracy",
 }
+
+
+# A line style and a marker per variant, so that curves drawn over each other stay told apart.
+STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def plot_study(study: Study, path: Path | None = None):
@@ -97,10 +114,16 @@ def plot_study(study: Study, path: Path | None = None):
     grid = fig.subplots(1, 2) if one else fig.subplots(2, 2).flat
     names = ("loss", "loss", "accuracy", "accuracy") if one else PANELS.values()
     axes = dict(zip(PANELS, [grid[0], grid[0], grid[1], grid[1]] if one else grid, strict=True))
-    for v in groups:
+    # The longest curves first: a shorter one that repeats their start is drawn over them.
+    starts = prefixes(groups)
+    for i, v in enumerate(groups):
         for key, ax in axes.items():
             label = PANELS[key].split()[0] if one else v.label
-            _band(ax, v, key, label, "--" if one and key.startswith("val") else "-")
+            style = "--" if one and key.startswith("val") else STYLES[i % len(STYLES)]
+            line = {"ls": style, "marker": MARKERS[i % len(MARKERS)], "color": f"C{i % 10}"}
+            if v.label in starts:  # wide and pale, under the longer curve it starts
+                line |= {"lw": 5, "alpha": 0.45, "zorder": 1, "ms": 6}
+            _band(ax, v, key, label, line)
     turn = findings.overfitting_turn(groups[0]) if one else None
     for (key, ax), name in zip(axes.items(), names, strict=True):
         ax.set_title(name if one else PANELS[key], fontsize=10)
@@ -114,14 +137,44 @@ def plot_study(study: Study, path: Path | None = None):
     seeds = max(len(v.runs) for v in groups)
     band = "; band: lowest to highest seed" if seeds > 1 else ""
     handles, labels = axes["val_loss" if one else "val_acc"].get_legend_handles_labels()
+    if not one:  # the sweep's order, whatever order the lines were drawn in
+        order = [labels.index(v.label) for v in groups]
+        handles, labels = [handles[i] for i in order], [labels[i] for i in order]
     fig.legend(handles, labels, loc="outside lower center", fontsize=8)
     # A sweep's folder is named by its time: say what it varied instead.
     unnamed = re.fullmatch(r"\d{4}-\d{2}-\d{2}_[\d_-]+", study.name)
     keys = ", ".join(swept_keys(study.runs)) or "one setting"
     title = f"sweep over {keys} ({study.name})" if unnamed else study.name
     turned = f"; dotted: lowest validation loss (epoch {turn})" if turn else ""
-    fig.suptitle(f"{title}: mean over {seeds} seed{'s' * (seeds > 1)}{band}{turned}")
+    repeated = "".join(f"\n{textwrap.fill(line, 150)}" for line in prefix_lines(groups))
+    fig.suptitle(
+        f"{title}: mean over {seeds} seed{'s' * (seeds > 1)}{band}{turned}{repeated}", fontsize=10
+    )
     return save(fig, path)
+
+
+def prefixes(groups: list[Variant]) -> dict[str, str]:
+    """Each variant whose every curve is the start of a longer variant's (the same runs until it
+    stopped, as with no schedule tied to the run's length) → that longer variant."""
+    found = {}
+    for short in groups:
+        n = len(short.curve("val_acc"))
+        for v in groups:
+            if len(v.curve("val_acc")) > n and all(
+                v.curve(key)[:n] == short.curve(key) for key in PANELS
+            ):
+                found[short.label] = v.label
+                break
+    return found
+
+
+def prefix_lines(groups: list[Variant]) -> list[str]:
+    """A sentence for each variant that repeats the start of a longer one."""
+    epochs = {v.label: len(v.curve("val_acc")) for v in groups}
+    return [
+        f"{short}: the first {epochs[short]} epochs of {long}, drawn wide and pale under it"
+        for short, long in prefixes(groups).items()
+    ]
 
 
 def _log_scale(ax) -> None:
@@ -134,11 +187,11 @@ def _log_scale(ax) -> None:
     ax.yaxis.set_minor_formatter(plain if high / low < 10**1.5 else NullFormatter())
 
 
-def _band(ax, variant: Variant, key: str, label: str, style: str) -> None:
-    """The variant's mean curve of `key`, and the band of its seeds around it."""
+def _band(ax, variant: Variant, key: str, label: str, line: dict) -> None:
+    """The variant's mean curve of `key` drawn as `line` says, and the band of its seeds."""
     curves = variant.curves(key)
     epochs = range(1, len(curves[0]) + 1)
-    (line,) = ax.plot(epochs, variant.curve(key), style, marker="o", ms=2, label=label)
+    (line,) = ax.plot(epochs, variant.curve(key), label=label, **{"ms": 3, "zorder": 2} | line)
     if len(curves) > 1:
         low, high = (list(map(f, zip(*curves, strict=True))) for f in (min, max))
         ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, lw=0)
@@ -232,7 +285,11 @@ def write_report(dirs: list[Path], out: Path) -> Path:
     sections += [xor_section(xor) for xor in findings.xor_findings(dirs)]
     sections.sort(key=lambda section: section[0])
     lines = ["# The lab's report", "", *header(studies), "", *HOW_TO_READ, ""]
-    lines += ["| question | our answer | the original lab found | agreement |", "|---|---|---|---|"]
+    lines += [
+        f"| question | our answer ({MEASURE_NAME}) | the original lab found | "
+        f"agreement ({MEASURE_NAME}) |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {' | '.join(row)} |" for _, row, _ in sections]
     lines += unfinished(studies)
     for _, _, text in sections:
@@ -240,19 +297,39 @@ def write_report(dirs: list[Path], out: Path) -> Path:
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     write_html(report)
+    link_dashboard(studies, out / "tensorboard")
     return report
 
 
+def link_dashboard(studies: list[Study], logdir: Path) -> None:
+    """`logdir/<study>/<variant>/seed=<n>`, a link to each run's TensorBoard events, so that
+    `tensorboard --logdir logdir` lists and groups the runs as the report does."""
+    shutil.rmtree(logdir, ignore_errors=True)  # links only: the runs' own files stay
+    for study in studies:
+        for v in variants(study):
+            for run in v.runs:
+                events = sorted({p.parent for p in run.path.glob("tensorboard/**/events.out.*")})
+                if not events:
+                    continue
+                variant = v.label.replace(", ", ",").replace("/", "_")
+                link = logdir / study.name / variant / f"seed={seed_of(run)}"
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(os.path.relpath(events[0], link.parent), target_is_directory=True)
+
+
 HOW_TO_READ = (
-    "Each question's answer comes from its runs: the variant with the highest mean best validation "
-    "accuracy is compared with every other seed by seed (a seed fixes the split, the initial "
-    "weights and the batch order): the mean difference and its 95 % t-interval, *better* or "
-    "*worse* when the interval excludes 0, else *no clear difference*; unpaired (Welch) where they "
-    f"share fewer than two seeds, and no verdict below {findings.MIN_SEEDS} seeds. Test accuracy "
-    "is the checkpoint with the best validation accuracy (mean ± std over seeds). The original "
-    "lab's claims, one run each, are weighed on test accuracy, as it measured: *agrees* where our "
-    "interval has the lab's sign, *differs* where it has the other, *cannot tell* where it holds 0 "
-    f"(a claim of no difference agrees where the interval lies within ±{findings.EQUAL}).",
+    f"**How to read it.** Every answer and every agreement is judged on one measure: the "
+    f"{MEASURE_NAME} of each run's best-validation checkpoint, as the original lab measured "
+    "(validation only chooses the checkpoint). Variants are compared seed by seed (a seed fixes "
+    "the split, the initial weights and the batch order): the mean difference and its 95 % "
+    "t-interval; *above* or *below* when the interval excludes 0, else *not told apart*; "
+    "unpaired (Welch) where they share fewer than two seeds, and no verdict below "
+    f"{findings.MIN_SEEDS} seeds. Each answer begins Yes, No, Partly or Cannot tell. The original "
+    "lab's claims (one run each) *agree* where our interval has their sign, *differ* where it has "
+    f"the other, and a claim of equality agrees only where the whole interval lies within "
+    f"±{EQUAL}. A word is *borderline* where an end of its interval lies within one seed's "
+    f"spread of the differences, or within what a change of {NOISE} in each run could move, of "
+    "the line that decides it: such a word may turn on a rerun.",
 )
 
 
@@ -267,21 +344,29 @@ def header(studies: list[Study]) -> list[str]:
     line = (
         f"{n} run{'s' * (n != 1)} in {k} stud{'ies' if k != 1 else 'y'}, {date.today()}, on "
         f"{machine()}; precision {', '.join(precisions) or 'not recorded'}; "
-        f"seed{'s' * (len(seeds) != 1)} "
-        f"{', '.join(seeds)}"
+        f"seed{'s' * (len(seeds) != 1)} {', '.join(seeds)}."
     )
     if parts:
         span = max(map(runs.part_end, parts)) - min(p["started"] for p in parts)
-        work = sum(runs.part_end(p) - p["started"] for p in parts)
+        line += f" Wall time: {_duration(span)}, from the first run's start to the last run's end."
+    if len(seeds) < FIRM_SEEDS:
         line += (
-            f"; {_duration(span)} from the first run's start to the last run's end "
-            f"({_duration(work)} of runs side by side)"
+            f" With {len(seeds)} seed{'s' * (len(seeds) != 1)}, many words sit on the edge of "
+            f"their line (marked borderline); {FIRM_SEEDS} or more give firmer ones."
         )
-    return [line + "."]
+    return [line]
+
+
+# Below this many seeds the intervals are wide enough that many words are borderline.
+FIRM_SEEDS = 5
 
 
 def _duration(seconds: float) -> str:
-    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds >= 60 else f"{seconds:.1f} s"
+    """37 min 12 s, 1 h 4 min, 12.5 s."""
+    minutes, secs = divmod(round(seconds), 60)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min {secs} s"
 
 
 def unfinished(studies: list[Study]) -> list[str]:
@@ -314,9 +399,14 @@ def study_section(study: Study, out: Path) -> tuple[tuple, tuple[str, ...], list
         lines += ["", study_table(study), "", f"![{study.name}]({figure})"]
         groups = variants(study)
         best = findings.best_variant(groups)
-        said = findings.answer(study) or findings.overfitting(best)
+        first, rest = findings.answer(study) or (findings.overfitting(best), "")
+        repeated = prefix_lines(groups)
         lines += paragraphs(
-            [f"**Our answer:** {said}" if said else "", findings.weak_classes(best)]
+            [
+                f"*{'; '.join(repeated)}.*" if repeated else "",
+                f"**Our answer:** {first} {rest}".rstrip() if first else "",
+                findings.weak_classes(best),
+            ]
         )
         ours = findings.short_answer(study)
         checks = findings.lab_checks(study)
@@ -345,7 +435,9 @@ def lab_lines(words: dict, checks: list[findings.Check], agree: str) -> list[str
     ours = {"-": "Nothing here to weigh it against."}.get(agree, f"**Ours {agree}:**")
     lines = ["", f"**The original lab found:** {words['lab_found']}. {ours}"]
     if checks:
-        lines += [""] + [f"- `{c.claim}`: **{c.word}** ({c.why})" for c in checks]
+        lines += [""] + [
+            f"- `{c.claim}`: **{c.word}**{' (borderline)' * c.borderline}: {c.why}." for c in checks
+        ]
     return lines
 
 
@@ -380,16 +472,20 @@ code { font-size: 12px; }
 @page { size: A4; margin: 1.2cm; }
 @media print {
   body { margin: 0; max-width: none; font-size: 11px; }
-  h2 { break-before: page; }
-  img, table { break-inside: avoid; }
-  img { max-height: 55vh; }
+  h2, h3 { break-after: avoid; }
+  p, li { orphans: 3; widows: 3; }
+  table, ul, p:has(img) { break-inside: avoid; }
+  /* A study's figure stays with its table, and the words after it with the figure. */
+  table:has(+ p > img) { break-after: avoid; }
+  p:has(img) { break-before: avoid; break-after: avoid; }
+  img { max-height: 42vh; }
 }
 """
 
 
 def write_html(report: Path) -> Path:
-    """report.html beside report.md: the same text, its figures inline, one study per printed
-    page where it fits."""
+    """report.html beside report.md: the same text, its figures inline, a study's figure kept with
+    its table on paper."""
     import markdown  # only here: the rest of the report needs no Markdown renderer
 
     body = markdown.markdown(report.read_text(), extensions=["tables"])

@@ -6,12 +6,16 @@ folder above them. Runs are grouped by sweep, variants by the overrides that dif
 
 from __future__ import annotations
 
+import functools
+import math
 import statistics
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from scipy import stats
 
 from mlp_lab import runs
@@ -113,6 +117,34 @@ def value_of(run: Run, key: str) -> float:
     return run.record[key]
 
 
+# Both datasets: 28×28 images in 60,000 training (the validation split taken from them) and 10
+# classes.
+PIXELS, CLASSES, OFFICIAL_TRAIN = 784, 10, 60_000
+
+
+def epoch_flops(run: Run) -> float | None:
+    """The arithmetic of one epoch of the run's linear layers: 2 FLOPs a multiply-add, three passes
+    (forward, and backward's two products) over the training images, one over validation's."""
+    config = run.record.get("config") or {}
+    if not {"model", "data", "trainer"} <= config.keys():
+        return None
+    data, trainer = config["data"], config["trainer"]
+    widths = [PIXELS, *config["model"]["hidden"], CLASSES]
+    macs = sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
+    train = data.get("train_size") or OFFICIAL_TRAIN - data["val_size"]
+    train = _limited(train, trainer.get("limit_train_batches"), data["batch_size"])
+    val = _limited(data["val_size"], trainer.get("limit_val_batches"), data["eval_batch_size"])
+    return 2 * macs * (3 * train + val)
+
+
+def _limited(images: int, limit: float | int | None, batch: int) -> float:
+    """The images an epoch sees under Lightning's limit_*_batches: a count of batches (int) or a
+    fraction of them (float)."""
+    if limit is None:
+        return images
+    return images * limit if isinstance(limit, float) else min(images, limit * batch)
+
+
 def seed_of(run: Run) -> str:
     """The run's seed: from its config, else its override; "default" for the config's default."""
     config = run.record.get("config")
@@ -124,6 +156,13 @@ def seed_of(run: Run) -> str:
 # Two seeds estimate the spread of the differences from one degree of freedom: t(1) makes the
 # interval 12.7 spreads wide, or zero wide when the two differences happen to agree.
 MIN_SEEDS = 3
+# What every verdict is judged on, as the original lab measured: each run's test accuracy, taken
+# once on its best-validation checkpoint (validation only chooses the checkpoint).
+MEASURE = "test_acc"
+MEASURE_NAME = "test accuracy"
+# A change of this much in any one run's accuracy (10 of 10,000 test images) must not change a
+# firm word: a word that it could change is borderline.
+NOISE = 0.001
 
 
 @dataclass
@@ -136,25 +175,59 @@ class Comparison:
     high: float
     paired_seeds: int  # 0: unpaired (Welch)
     spread: float | None = None
+    runs: int = 0  # the fewer runs of the two sides (Welch); the pairs where paired
 
     @property
     def direction(self) -> str:
         if self.paired_seeds and self.paired_seeds < MIN_SEEDS:
             return "too few seeds"
-        if self.low > 0:
-            return "better"
-        if self.high < 0:
-            return "worse"
-        return "no clear difference"
+        return sign_word(self.low, self.high)
 
     def verdict(self) -> str:
         how = f"paired, {self.paired_seeds} seeds" if self.paired_seeds else "unpaired, Welch"
-        return f"{self.direction} ({how})"
+        borderline = ", borderline" if self.fragile(sign_word) else ""
+        return f"{self.direction} ({how}{borderline})"
 
     def interval(self, sign: int = 1) -> str:
         """ "mean [low, high]"; sign -1: the other way round (best − variant)."""
         ends = sorted((sign * self.low, sign * self.high))
         return f"{sign * self.mean:+.4f} [{ends[0]:+.4f}, {ends[1]:+.4f}]"
+
+    def tolerance(self, n: int | None = None) -> float:
+        """How far an end of the interval may move before its word is trusted: one seed's spread
+        of the differences, or what moving every run by NOISE can shift an end (the mean by
+        2·NOISE, the half width by t·2·NOISE/√(n−1)), whichever is larger."""
+        n = n or self.paired_seeds or self.runs
+        if n < 2:
+            return math.inf
+        shift = 2 * NOISE * (1 + t_975(n - 1) / math.sqrt(n - 1))
+        return max(self.spread or 0.0, shift)
+
+    def fragile(self, word_of: Callable[[float, float], str], n: int | None = None) -> bool:
+        """Whether `word_of(low, high)` changes anywhere within the tolerance of both ends."""
+        tol = self.tolerance(n)
+        if math.isinf(tol):
+            return True
+        low, high = self._ends(n)
+        return len({word_of(a, b) for a in _near(low, tol) for b in _near(high, tol)}) > 1
+
+    def settled_at(self, word_of: Callable[[float, float], str]) -> int | None:
+        """About how many seeds give an interval of this mean and spread that no longer leaves
+        the word borderline; None where no number up to 1,000 does (the mean itself lies that
+        close). Every count up to 30, then steps of a tenth."""
+        if self.spread is None:
+            return None
+        n, counts = max(self.paired_seeds + 1, MIN_SEEDS), []
+        while n <= 1000:
+            counts.append(n)
+            n = n + 1 if n < 30 else math.ceil(n * 1.1)
+        return next((n for n in counts if not self.fragile(word_of, n)), None)
+
+    def _ends(self, n: int | None) -> tuple[float, float]:
+        if n is None or self.spread is None:
+            return self.low, self.high
+        half = t_975(n - 1) * self.spread / math.sqrt(n)
+        return self.mean - half, self.mean + half
 
     def seeds_needed(self, power: float = 0.8) -> int | None:
         """The seeds at which a paired t-test (two-sided, 5 %) finds a true difference the size
@@ -165,15 +238,49 @@ class Comparison:
         if not self.spread:
             return MIN_SEEDS
         effect = abs(self.mean) / self.spread
-        for n in range(2, 1001):
-            critical, shift = stats.t.ppf(0.975, n - 1), effect * n**0.5
-            found = stats.nct.sf(critical, n - 1, shift) + stats.nct.cdf(-critical, n - 1, shift)
-            if found >= power:
-                return max(n, MIN_SEEDS)
-        return None
+
+        def found(n: int) -> float:
+            critical, shift = t_975(n - 1), effect * n**0.5
+            wrong_side = stats.nct.cdf(-critical, n - 1, shift)  # SciPy: nan where it underflows
+            return stats.nct.sf(critical, n - 1, shift) + np.nan_to_num(wrong_side)
+
+        if found(1000) < power:
+            return None
+        low, high = 1, 1000  # power grows with n: found(low) < power <= found(high)
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if found(middle) >= power else (middle, high)
+        return max(high, MIN_SEEDS)
 
 
-def compare(variant: Variant, best: Variant, key: str = "best_val_acc") -> Comparison | None:
+@functools.cache
+def t_975(df: int) -> float:
+    """Student's t quantile of a two-sided 95 % interval."""
+    return float(stats.t.ppf(0.975, df))
+
+
+def sign_word(low: float, high: float) -> str:
+    """better, worse, or no clear difference: which side of 0 the interval lies on."""
+    if low > 0:
+        return "better"
+    if high < 0:
+        return "worse"
+    return "no clear difference"
+
+
+def _near(end: float, tol: float) -> list[float]:
+    """Points that stand for every value within `tol` of `end`: its two edges and, between them,
+    each side of every line a word is drawn at (0 and ±0.01 of accuracy at most)."""
+    lines = [x for x in (-EQUAL, 0.0, EQUAL) if abs(x - end) < tol]
+    tiny = 1e-12
+    return [end - tol, end + tol, *(x + d for x in lines for d in (-tiny, tiny))]
+
+
+# A claim "A = B" holds where the whole interval of A − B lies within ±EQUAL: one point of accuracy.
+EQUAL = 0.01
+
+
+def compare(variant: Variant, best: Variant, key: str = MEASURE) -> Comparison | None:
     """`variant` − `best` on `key`."""
     mine, theirs = variant.by_seed(key), best.by_seed(key)
     return compare_values(mine, theirs, variant.values(key), best.values(key))
@@ -204,7 +311,7 @@ def compare_values(
             return None
     low, high = result.confidence_interval(0.95)
     mean = statistics.fmean(a) - statistics.fmean(b)
-    return Comparison(mean, float(low), float(high), paired_seeds, spread)
+    return Comparison(mean, float(low), float(high), paired_seeds, spread, min(len(a), len(b)))
 
 
 def label_value(value: str) -> str:

@@ -82,6 +82,11 @@ def one_line_error(capsys, monkeypatch, command, *overrides: str) -> str:
         ),
         (
             mlp_lab.train,
+            ["model.hidden=256"],  # OmegaConf: "int is not a ListConfig, list or tuple"
+            "error: model.hidden=256: use a list: model.hidden=[256]",
+        ),
+        (
+            mlp_lab.train,
             ["model.hidden=[1,2"],
             "error: model.hidden=[1,2: no viable alternative at input '[1,2' (Hydra's override "
             "syntax: key=value, key=[a,b], group=option)",

@@ -2,19 +2,22 @@ import json
 import math
 import re
 import statistics
+from pathlib import Path
 
+import numpy as np
 import pytest
 from commands import run_module
 from conftest import fake_run, fast_overrides
 from scipy import stats
 
 from mlp_lab import findings
-from mlp_lab.report import plot_study, write_report
-from mlp_lab.studies import Comparison, find_studies, variants
+from mlp_lab.report import plot_study, prefix_lines, write_report
+from mlp_lab.studies import Comparison, Run, Study, find_studies, variants
 
 BATCH_NORM = {
     "question": "Does batch normalisation raise accuracy?",
     "order": 8,
+    "asks": ["model.batch_norm=true > model.batch_norm=false"],
     "lab_found": "0.8439 without, 0.8817 with",
     "lab_claims": ["model.batch_norm=true > model.batch_norm=false"],
 }
@@ -54,31 +57,38 @@ def test_report_answers_the_studys_question_from_real_runs(synthetic_root, tmp_p
          if run.record["config"]["model"]["batch_norm"] is flag}
         for flag in (True, False)
     )  # fmt: skip
-    # The answer: the best on best val accuracy against the other, paired by seed.
-    val = {s: on[s]["best_val_acc"] - off[s]["best_val_acc"] for s in (0, 1, 2)}
-    best, other = ("true", "false") if statistics.fmean(val.values()) > 0 else ("false", "true")
-    sign = 1 if best == "true" else -1
-    low, high = sorted(
-        sign * x for x in stats.ttest_rel(*([r["best_val_acc"] for r in (on, off)[i].values()]
-                                           for i in (0, 1))).confidence_interval(0.95)
-    )  # fmt: skip
-    said = f"{sign * statistics.fmean(val.values()):+.4f} [{low:+.4f}, {high:+.4f}]"
-    answer = next(line for line in text.splitlines() if line.startswith("**Our answer:**"))
-    assert f"`model.batch_norm={best}`" in answer and f"`model.batch_norm={other}`" in answer
-    assert f"{said} validation accuracy, paired over 3 seeds" in answer
-    assert re.search(r"is better than|are not told apart", answer)
-    # The lab's finding, and its claim weighed on test accuracy, paired.
+    # The answer and the lab's claim, both on test accuracy, paired by seed.
     test = stats.ttest_rel(
         [on[s]["test_acc"] for s in (0, 1, 2)], [off[s]["test_acc"] for s in (0, 1, 2)]
     )
     t_low, t_high = test.confidence_interval(0.95)
+    mean = statistics.fmean(on[s]["test_acc"] - off[s]["test_acc"] for s in (0, 1, 2))
+    said = f"{mean:+.4f} [{t_low:+.4f}, {t_high:+.4f}]"
+    answer = next(line for line in text.splitlines() if line.startswith("**Our answer:**"))
+    if t_low > 0:
+        assert answer.startswith(
+            f"**Our answer:** Yes: batch normalisation is above no batch normalisation by {said}"
+        )
+    elif t_high < 0:
+        assert answer.startswith(
+            f"**Our answer:** No: batch normalisation is below no batch normalisation by {said}"
+        )
+    else:
+        assert answer.startswith(
+            "**Our answer:** Cannot tell with 3 seeds: batch normalisation and no batch "
+            f"normalisation are not told apart ({said})"
+        )
     word = "agrees" if t_low > 0 else "differs" if t_high < 0 else "cannot tell"
     assert "**The original lab found:** 0.8439 without batch normalisation" in text
     claim = next(
         line for line in text.splitlines() if line.startswith("- `model.batch_norm=true >")
     )
-    assert claim.startswith(f"- `model.batch_norm=true > model.batch_norm=false`: **{word}** (")
-    assert f"[{t_low:+.4f}, {t_high:+.4f}] test accuracy, paired over 3 seeds" in claim
+    assert claim.startswith(f"- `model.batch_norm=true > model.batch_norm=false`: **{word}**")
+    assert f"{said} test accuracy, paired over 3 seeds" in claim
+    # The summary row shows the answer's first sentence, and the agreement, on that measure.
+    row = next(line for line in text.splitlines() if line.startswith("| Does batch norm"))
+    assert answer.removeprefix("**Our answer:** ").startswith(row.split(" | ")[1])
+    best = "true" if mean > 0 else "false"
     assert f"Where `model.batch_norm={best}` goes wrong (test images, 3 runs together): " in text
     # The figure: validation loss per variant with the seeds' band, whole-epoch ticks.
     fig = plot_study(study)
@@ -101,8 +111,10 @@ def test_two_seeds_say_a_verdict_needs_more_seeds(tmp_path):
     }  # fmt: skip
     study = a_sweep(tmp_path / "sweep", values)
     assert findings.answer(study) == (
+        "Cannot tell with 2 seeds: `model.batch_norm=true` against `model.batch_norm=false`: "
+        "too few seeds.",
         "2 seeds cannot carry a verdict: run at least 3 (the spread seen here says about 10), "
-        "e.g. seed=0,1,2,3,4,: `model.batch_norm=true` against `model.batch_norm=false`."
+        "e.g. seed=0,1,2,3,4.",
     )
     (check,) = findings.lab_checks(study)
     assert (check.word, check.why) == ("cannot tell", "too few seeds to compare")
@@ -140,12 +152,17 @@ def test_lab_claims_are_weighed_on_test_accuracy(tmp_path):
     checks = findings.lab_checks(a_sweep(tmp_path / "s", values, study, "model.hidden"))
     assert {c.claim: c.word for c in checks} == claims
     # [2] − [1]: differences 0.02, 0.025, 0.015: mean 0.02, sd 0.005, half width
-    # t(0.975, 2) × 0.005/√3 = 4.302653 × 0.0028868 = 0.0124207.
-    assert checks[0].why == "+0.0200 [+0.0076, +0.0324] test accuracy, paired over 3 seeds"
-    assert findings.agreement(checks) == "differs"
-    assert findings.agreement(checks[:1] + checks[2:3]) == "agrees"
-    assert findings.agreement(checks[:1] + checks[4:]) == "agrees in part"
-    assert findings.agreement(checks[4:5]) == "cannot tell"
+    # t(0.975, 2) × 0.005/√3 = 4.302653 × 0.0028868 = 0.0124207. Its low end, 0.0076, lies
+    # within 2 × 0.001 × (1 + 4.302653/√2) = 0.0081 of 0: borderline.
+    assert checks[0].why == (
+        "`model.hidden=[2]` is above `model.hidden=[1]` by +0.0200 [+0.0076, +0.0324] test "
+        "accuracy, paired over 3 seeds; about 4 seeds would settle it"
+    )
+    assert checks[0].borderline
+    assert findings.agreement(checks) == "agrees in part (borderline)"
+    assert findings.agreement(checks[2:3]) == "agrees (borderline)"  # its ends 0.0057 from ±0.01
+    assert findings.agreement(checks[1:2] + checks[3:4]) == "differs (borderline)"
+    assert findings.agreement(checks[4:5]) == "cannot tell (borderline)"
     assert findings.agreement(checks[5:]) == "-"
 
 
@@ -162,12 +179,13 @@ def test_a_one_variant_study_weighs_metrics_of_its_last_epoch(tmp_path):
     # 0.87 − 0.85 at epoch 5 on every seed: a zero-width interval above 0.
     assert (check.word, check.why) == (
         "agrees",
-        "+0.0200 [+0.0200, +0.0200] (train_acc − val_acc, last epoch), paired over 3 seeds",
+        "`train_acc` is above `val_acc` by +0.0200 [+0.0200, +0.0200] (train_acc − val_acc, last "
+        "epoch), paired over 3 seeds",
     )
     (variant,) = variants(sweep)
     assert findings.overfitting_turn(variant) == 3
     assert findings.overfitting(variant) == (
-        "Validation loss is lowest at epoch 3 (0.3500) and rises to 0.5000 by epoch 5, while "
+        "Yes: validation loss is lowest at epoch 3 (0.3500) and rises to 0.5000 by epoch 5, while "
         "training loss falls from 0.3333 to 0.2000; training accuracy leads validation accuracy "
         "by 0.0000 at epoch 3 and 0.0200 at epoch 5: from epoch 3 on, the network learns its "
         "training images at the expense of new ones."
@@ -216,11 +234,11 @@ def test_xor_answer_counts_the_seeds_that_solve_it(tmp_path):
     low, high = stats.beta.ppf(0.025, 18, 3), stats.beta.ppf(0.975, 19, 2)
     assert (f"{low:.0%}", f"{high:.0%}") == ("68%", "99%")
     assert words == (
-        "Solved by 18 of 20 seeds (90%; 95 % interval 68% to 99%, Clopper-Pearson); the others "
-        "stall with a dead ReLU unit: seeds 0 (MSE 0.125), 7 (MSE 0.125)."
+        "Yes: solved by 18 of 20 seeds (90%; 95 % interval 68% to 99%, Clopper-Pearson); the "
+        "others stall with a dead ReLU unit: seeds 0 (MSE 0.125), 7 (MSE 0.125)."
     )
     assert word == "agrees"
-    assert xor.short() == "solved by 18 of 20 seeds (90%)"
+    assert xor.short() == "Yes: solved by 18 of 20 seeds (90%)"
 
 
 def test_a_study_none_of_whose_runs_finished_still_asks_its_question(tmp_path):
@@ -231,3 +249,168 @@ def test_a_study_none_of_whose_runs_finished_still_asks_its_question(tmp_path):
     text = write_report([sweep], tmp_path / "out").read_text()
     assert f"| {BATCH_NORM['question']} | - | {BATCH_NORM['lab_found']} | - |" in text
     assert f"- `python -m mlp_lab.resume {sweep}`" in text  # the command that finishes it
+
+
+def in_memory_study(name, tests, study, key="model.batch_norm", vals=None, history=None):
+    """A Study of hand-made runs, without files: {(value, seed): test acc} (val acc the same
+    unless `vals` gives it)."""
+    runs = []
+    for (value, seed), test in tests.items():
+        val = (vals or tests)[(value, seed)]
+        record = {"params": 1000, "best_val_acc": val, "test_acc": test, "best_epoch": 3,
+                  "history": history or [{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5,
+                                          "val_loss": 1.0, "val_acc": val}],
+                  "config": {"seed": seed, "study": study}}  # fmt: skip
+        runs.append(Run(Path(name) / f"{value}-{seed}", record, {key: value, "seed": str(seed)}))
+    return Study(name, Path(name), runs, words=study)
+
+
+def test_validation_and_test_disagree_one_verdict_on_test_accuracy_everywhere(tmp_path):
+    # On validation, batch norm is 0.02 above on every seed; on test, it is not told apart
+    # (differences +0.02, -0.02, +0.005).
+    values = {}
+    for seed, (off_test, on_test) in enumerate([(0.85, 0.87), (0.86, 0.84), (0.87, 0.875)]):
+        values[("false", seed)] = (0.86 + seed / 100, off_test)
+        values[("true", seed)] = (0.88 + seed / 100, on_test)
+    a_sweep(tmp_path / "sweep", values)
+    text = write_report([tmp_path / "sweep"], tmp_path / "out").read_text()
+    test = stats.ttest_rel([0.87, 0.84, 0.875], [0.85, 0.86, 0.87]).confidence_interval(0.95)
+    said = f"+0.0017 [{test.low:+.4f}, {test.high:+.4f}]"
+    row = next(line for line in text.splitlines() if line.startswith("| Does batch norm"))
+    assert row == (
+        "| Does batch normalisation raise accuracy? | Cannot tell with 3 seeds: "
+        f"`model.batch_norm=true` and `model.batch_norm=false` are not told apart ({said}). | "
+        "0.8439 without, 0.8817 with | cannot tell |"
+    )
+    assert (
+        "| question | our answer (test accuracy) | the original lab found | agreement (test "
+        in text
+    )
+    assert "**Our answer:** Cannot tell with 3 seeds: `model.batch_norm=true` and" in text
+    assert f"not told apart: {said} test accuracy, paired over 3 seeds" in text
+    # The table's comparison is on test accuracy too; validation's +0.0200 is a verdict nowhere.
+    assert "Δ test acc vs best [95 % CI]" in text and "+0.0200 [" not in text
+    assert "**Our answer:** Yes" not in text and "better" not in text
+
+
+def equal_claim_study(mean, spread, seeds=5):
+    """[2] − [1] on test accuracy: `mean` + spread × z over `seeds` seeds (z of mean 0, sd 1)."""
+    z = [-1.264911, -0.632456, 0.0, 0.632456, 1.264911][:seeds]
+    tests = {("[1]", s): 0.85 + s / 100 for s in range(seeds)}
+    tests |= {("[2]", s): 0.85 + s / 100 + mean + spread * z[s] for s in range(seeds)}
+    claims = ["model.hidden=[2] = model.hidden=[1]", "model.hidden=[2] > model.hidden=[1]"]
+    words = {"lab_claims": claims, "names": {"model.hidden=[2]": "[2]", "model.hidden=[1]": "[1]"}}
+    return in_memory_study("width", tests, words, key="model.hidden")
+
+
+def test_an_equality_claim_just_outside_the_margin_differs_with_its_direction_and_size():
+    # Differences 0.0098 + 0.000725·z: a 95 % interval of 0.0098 ± 2.7764·0.000725/√5 = ±0.0009.
+    equal, above = findings.lab_checks(equal_claim_study(0.0098, 0.000725))
+    assert equal.word == "differs"
+    assert equal.why.startswith(
+        "[2] is above [1] by +0.0098 [+0.0089, +0.0107] test accuracy, paired over 5 seeds, "
+        "not equal to it (margin ±0.01)"
+    )
+    # 0.0107 lies 0.0007 beyond the margin: a change of 0.001 in each run could bring it in.
+    assert equal.borderline
+    assert above.word == "agrees" and not above.borderline
+    # One claim agrees, one differs: the study agrees in part.
+    assert findings.agreement([above, equal]) == "agrees in part (borderline)"
+    # Well inside the margin, and well outside it: firm words.
+    (inside, _) = findings.lab_checks(equal_claim_study(0.001, 0.0005))
+    assert (inside.word, inside.borderline) == ("agrees", False)
+    assert inside.why.startswith("[2] and [1] are equal within ±0.01: +0.0010 [")
+    (outside, _) = findings.lab_checks(equal_claim_study(0.03, 0.0005))
+    assert (outside.word, outside.borderline) == ("differs", False)
+
+
+def test_one_agreeing_and_one_differing_claim_agree_in_part():
+    tests = {("[1]", s): 0.85 + s / 100 for s in range(5)}
+    tests |= {("[2]", s): 0.88 + s / 100 + (-1) ** s * 0.001 for s in range(5)}
+    claims = ["model.hidden=[2] > model.hidden=[1]", "model.hidden=[1] > model.hidden=[2]"]
+    checks = findings.lab_checks(
+        in_memory_study("w", tests, {"lab_claims": claims}, "model.hidden")
+    )
+    assert [(c.word, c.borderline) for c in checks] == [("agrees", False), ("differs", False)]
+    assert findings.agreement(checks) == "agrees in part"
+
+
+def summary_words(study):
+    """What the summary says in words: the answer's first word and each comparison's direction,
+    each claim's word and the study's agreement, with whether each is borderline."""
+    first, _ = findings.answer(study)
+    lead = re.match(r"(Yes|No|Partly|Cannot tell)(?: with \d+ seeds?)?( \(borderline\))?", first)
+    said = {"answer": (lead[1], bool(lead[2]))}
+    for n, part in enumerate(first.split("; ")):
+        direction = re.search(r"is above|is below|are not told apart", part)[0]
+        said[f"comparison {n}"] = (direction, "(borderline)" in part)
+    checks = findings.lab_checks(study)
+    said |= {c.claim: (c.word, c.borderline) for c in checks}
+    agreement = findings.agreement(checks)
+    said["agreement"] = (agreement.removesuffix(" (borderline)"), "borderline" in agreement)
+    return said
+
+
+@pytest.mark.parametrize("shift", ["random", "against"])
+def test_records_a_whisper_apart_keep_their_firm_words(shift):
+    """200 three-seed studies whose effects lie near every line a word is drawn at, and the same
+    records moved by less than 0.001 each: a firm word never changes, and a word that changes is
+    borderline in both."""
+    rng = np.random.default_rng(0)
+    words = {
+        "asks": ["model.hidden=[2] > model.hidden=[1]"],
+        "lab_claims": [
+            "model.hidden=[2] > model.hidden=[1]",
+            "model.hidden=[2] = model.hidden=[1]",
+        ],
+    }
+    changed = firm = 0
+    for n in range(200):
+        effect = rng.choice([0.0, 0.01, -0.01]) + rng.normal(0, 0.006)
+        seed_effect, noise = rng.normal(0, 0.005, 3), rng.normal(0, 0.003, (2, 3))
+        tests = {(w, s): 0.85 + seed_effect[s] + (w == "[2]") * effect + noise[int(w == "[2]"), s]
+                 for w in ("[1]", "[2]") for s in range(3)}  # fmt: skip
+        if shift == "random":
+            moved = {k: v + rng.uniform(-0.00099, 0.00099) for k, v in tests.items()}
+        else:  # the most a whisper can move the difference, towards 0
+            toward = -0.00099 if effect > 0 else 0.00099
+            moved = {(w, s): v + (toward if w == "[2]" else -toward) for (w, s), v in tests.items()}
+        one, two = (
+            summary_words(in_memory_study(f"s{n}", t, words, key="model.hidden"))
+            for t in (tests, moved)
+        )
+        assert one.keys() == two.keys()
+        for item, (word, borderline) in one.items():
+            other, other_borderline = two[item]
+            if not (borderline or other_borderline):
+                firm += 1
+                assert word == other, (n, item, one, two)
+            if word != other:
+                changed += 1
+                assert borderline and other_borderline, (n, item, one, two)
+    assert changed > 0 and firm > 150  # the whispers turned some words; others stayed firm
+
+
+def test_variants_with_identical_histories_are_drawn_apart_and_said_to_repeat(tmp_path):
+    # A 2-epoch variant that is the start of a 4-epoch one, and a second 4-epoch one equal to it.
+    history = [{"epoch": e, "train_loss": 1 / e, "train_acc": 0.5 + e / 10, "val_loss": 2 / e,
+                "val_acc": 0.4 + e / 10} for e in range(1, 5)]  # fmt: skip
+    runs = []
+    for n, (value, epochs) in enumerate([("a", 4), ("b", 4), ("c", 2)]):
+        for seed in (0, 1):
+            record = {"params": 10, "best_val_acc": 0.8, "test_acc": 0.8, "best_epoch": epochs,
+                      "history": history[:epochs]}  # fmt: skip
+            runs.append(Run(tmp_path / f"{n}{seed}", record, {"loss": value, "seed": str(seed)}))
+    study = Study("repeats", tmp_path, runs)
+    fig = plot_study(study)
+    for ax in fig.axes[:4]:
+        styles = [(line.get_linestyle(), line.get_marker()) for line in ax.get_lines()]
+        assert len(styles) == 3 and len(set(styles)) == 3
+        widths = {line.get_label(): line.get_linewidth() for line in ax.get_lines()}
+        assert widths["loss=c"] > 2 * widths["loss=a"]  # wide and pale, under the one it starts
+    legend = [(h.get_linestyle(), h.get_marker()) for h in fig.legends[0].legend_handles]
+    assert len(set(legend)) == 3
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["loss=a", "loss=b", "loss=c"]
+    said = "loss=c: the first 2 epochs of loss=a, drawn wide and pale under it"
+    assert said in fig._suptitle.get_text()
+    assert prefix_lines(variants(study)) == [said]

@@ -27,6 +27,20 @@ def test_a_failed_allocation_is_named_with_its_size():
     assert messages.out_of_memory(RuntimeError("shape mismatch")) is None
 
 
+def test_a_single_value_for_a_list_setting_is_recognised():
+    from omegaconf import OmegaConf, ValidationError
+
+    from mlp_lab.config import ModelConfig
+
+    model = OmegaConf.structured(ModelConfig)
+    with pytest.raises(ValidationError) as caught:
+        model.hidden = 256
+    assert messages.not_a_list(str(caught.value))
+    with pytest.raises(ValidationError) as other:
+        model.dropout = "a lot"
+    assert not messages.not_a_list(str(other.value))
+
+
 def test_anomaly_detections_nan_is_recognised():
     x = torch.tensor(0.0, requires_grad=True)
     with warnings.catch_warnings(), pytest.raises(RuntimeError) as caught:

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from commands import run_module
@@ -50,7 +51,8 @@ def test_cli_predicts_one_answer_and_stops_interaction_on_q():
     result = run_module("mlp_lab.xor", f"xor.hidden={ALWAYS}", "xor.predict=[1,0]")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("epoch   1000/10000  loss") and len(lines) == 10 + 5 + 1
+    assert lines[0].startswith("epoch   1000/10000  loss")
+    assert lines[-2].startswith("solved by the net: outputs 0, 1, 1, 0 rounded; loss ")
     assert lines[-1].startswith("1 xor 0 -> 1")
 
 
@@ -80,4 +82,21 @@ def test_cli_counts_solved_seeds_and_rejects_bad_values(tmp_path):
 def test_cli_says_when_the_labs_network_fails_to_solve_it():
     result = run_module("mlp_lab.xor", "xor.seed=0", "xor.log_every=0")  # seed 0: a dead unit
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1].startswith("not solved: a ReLU unit died in training")
+    last = result.stdout.splitlines()[-1]
+    assert re.fullmatch(
+        r"not solved: outputs 1, 1, 1, 0 rounded; loss 0\.12: a ReLU unit died .*", last
+    )
+
+
+def test_cli_prints_the_loss_where_it_moves_and_ends_in_one_line():
+    result = run_module("mlp_lab.xor")  # seed 1 solves it by epoch 1,000, then stays at 3.6e-13
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    losses = [line for line in lines if line.startswith("epoch ")]
+    assert losses == ["epoch   1000/10000  loss 3.617e-13"]
+    assert re.fullmatch(r"solved by the net: outputs 0, 1, 1, 0 rounded; loss 3\.6e-13", lines[-1])
+    # Where the loss still moves, every look at it is printed.
+    slow = run_module("mlp_lab.xor", "xor.lr=0.01", "xor.epochs=3000", "xor.log_every=1000")
+    assert [line[:17] for line in slow.stdout.splitlines()[:3]] == [
+        f"epoch {e:>6}/3000" for e in (1000, 2000, 3000)
+    ]
