@@ -234,6 +234,7 @@ class Check:
     word: str  # agrees, differs, cannot tell, not run here
     why: str
     borderline: bool = False
+    said: str = ""  # the difference's direction and size, in a clause
 
 
 def _side(side: str) -> dict[str, str]:
@@ -288,25 +289,36 @@ def lab_checks(study: Study) -> list[Check]:
 
 def _weigh(claim: str, op: str, c: Comparison | None, names: tuple, what: str) -> Check:
     if c is None or c.direction == "too few seeds":
-        return Check(claim, "cannot tell", "too few seeds to compare", True)
+        return Check(claim, "cannot tell", "too few seeds to compare", True, "too few seeds")
     word_of = claim_word(op)
     word, (a, b) = word_of(c.low, c.high), names
     paired = _paired([(None, c)]).removeprefix(", ")
-    side = "above" if c.mean > 0 else "below"
+    measured = f"{c.interval()} {what}, {paired}"
     if op == "=" and word == "agrees":
-        why = f"{a} and {b} are equal within ±{EQUAL}: {c.interval()} {what}, {paired}"
+        why = said = f"{a} and {b} are equal within ±{EQUAL}: {measured}"
     elif word == "cannot tell":
         crosses = f", crossing the margin ±{EQUAL}" if op == "=" else ""
-        why = f"not told apart: {c.interval()} {what}, {paired}{crosses}"
+        said = f"{a} and {b} are not told apart ({c.interval()}){crosses}"
+        why = f"not told apart: {measured}{crosses}"
         if c.seeds_needed():
             why += f"; about {c.seeds_needed()} seeds would tell"
     else:
-        why = f"{a} is {side} {b} by {c.interval()} {what}, {paired}"
-        why += f", not equal to it (margin ±{EQUAL})" if op == "=" else ""
+        said = f"{a} is {'above' if c.mean > 0 else 'below'} {b} by {c.interval()}"
+        unequal = f", not equal to it (margin ±{EQUAL})" if op == "=" else ""
+        why = f"{a} is {'above' if c.mean > 0 else 'below'} {b} by {measured}{unequal}"
+        said += unequal
     borderline = c.fragile(word_of)
     if borderline:
         why += f"; {_settled(c, word_of)}"
-    return Check(claim, word, why, borderline)
+    return Check(claim, word, why, borderline, said)
+
+
+def agreement_cell(checks: list[Check]) -> str:
+    """The study's agreement, then what each claim that does not agree found instead."""
+    apart = [c for c in checks if c.word in ("differs", "cannot tell")]
+    if len(checks) == 1 and apart:
+        return f"{agreement(checks)}: {apart[0].said}"
+    return "; ".join([agreement(checks), *(f"{c.word}: {c.said}" for c in apart)])
 
 
 def agreement(checks: list[Check]) -> str:

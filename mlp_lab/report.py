@@ -391,7 +391,7 @@ def study_section(study: Study, out: Path) -> tuple[tuple, tuple[str, ...], list
     if question:
         lines += [f"**Question:** {question}", ""]
     lines += [f"Runs: `{study.path}`"]
-    ours, agree = "-", "-"
+    ours, agree, agree_cell = "-", "-", "-"
     if study.runs:
         figure = f"{study.name}.png"
         plot_study(study, out / figure)
@@ -410,7 +410,7 @@ def study_section(study: Study, out: Path) -> tuple[tuple, tuple[str, ...], list
         )
         ours = findings.short_answer(study)
         checks = findings.lab_checks(study)
-        agree = findings.agreement(checks)
+        agree, agree_cell = findings.agreement(checks), findings.agreement_cell(checks)
         lines += lab_lines(words, checks, agree)
         lines += complexity_lines(study, out)
     figures = search_figures(study.path, out)
@@ -420,7 +420,7 @@ def study_section(study: Study, out: Path) -> tuple[tuple, tuple[str, ...], list
     if study.skipped:
         lines += ["", "Not in the table (failed, interrupted or unfinished):", ""]
         lines += [f"- `{path}`: {why}" for path, why in study.skipped.items()]
-    row = (question or study.name, ours, words.get("lab_found") or "-", agree)
+    row = (question or study.name, ours, words.get("lab_found") or "-", agree_cell)
     return (words.get("order") or 99, str(study.path)), row, lines
 
 
@@ -474,9 +474,10 @@ code { font-size: 12px; }
   body { margin: 0; max-width: none; font-size: 11px; }
   h2, h3 { break-after: avoid; }
   p, li { orphans: 3; widows: 3; }
-  table, ul, p:has(img) { break-inside: avoid; }
-  /* A study's figure stays with its table, and the words after it with the figure. */
-  table:has(+ p > img) { break-after: avoid; }
+  ul, tr, p:has(img) { break-inside: avoid; }
+  /* A study's figure stays with its table, and the words after it with the figure; the long
+     summary table may run on to the next page, row by row. */
+  table:has(+ p > img) { break-inside: avoid; break-after: avoid; }
   p:has(img) { break-before: avoid; break-after: avoid; }
   img { max-height: 42vh; }
 }

@@ -280,7 +280,8 @@ def test_validation_and_test_disagree_one_verdict_on_test_accuracy_everywhere(tm
     assert row == (
         "| Does batch normalisation raise accuracy? | Cannot tell with 3 seeds: "
         f"`model.batch_norm=true` and `model.batch_norm=false` are not told apart ({said}). | "
-        "0.8439 without, 0.8817 with | cannot tell |"
+        "0.8439 without, 0.8817 with | cannot tell: `model.batch_norm=true` and "
+        f"`model.batch_norm=false` are not told apart ({said}) |"
     )
     assert (
         "| question | our answer (test accuracy) | the original lab found | agreement (test "
@@ -316,6 +317,11 @@ def test_an_equality_claim_just_outside_the_margin_differs_with_its_direction_an
     assert above.word == "agrees" and not above.borderline
     # One claim agrees, one differs: the study agrees in part.
     assert findings.agreement([above, equal]) == "agrees in part (borderline)"
+    # The summary's cell names what the differing claim found instead: its direction and size.
+    assert findings.agreement_cell([above, equal]) == (
+        "agrees in part (borderline); differs: [2] is above [1] by +0.0098 [+0.0089, +0.0107], "
+        "not equal to it (margin ±0.01)"
+    )
     # Well inside the margin, and well outside it: firm words.
     (inside, _) = findings.lab_checks(equal_claim_study(0.001, 0.0005))
     assert (inside.word, inside.borderline) == ("agrees", False)
