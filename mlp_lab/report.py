@@ -313,6 +313,8 @@ def link_dashboard(studies: list[Study], logdir: Path) -> None:
                     continue
                 variant = v.label.replace(", ", ",").replace("/", "_")
                 link = logdir / study.name / variant / f"seed={seed_of(run)}"
+                if link.is_symlink():  # the same variant and seed run twice: both shown
+                    link = link.with_name(f"{link.name},run={run.path.name}")
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(os.path.relpath(events[0], link.parent), target_is_directory=True)
 

@@ -449,7 +449,8 @@ def test_tensorboard_lists_a_labs_runs_by_study_variant_and_seed(tmp_path):
 
     for study, key in (("depth", "model.hidden"), ("dropout", "model.dropout")):
         root = tmp_path / "lab" / study
-        for n, (value, seed) in enumerate([("[1]", 0), ("[1]", 10), ("[2]", 0), ("[2]", 10)]):
+        runs = [("[1]", 0), ("[1]", 10), ("[2]", 0), ("[2]", 10)]
+        for n, (value, seed) in enumerate(runs + [("[1]", 0)] * (study == "depth")):
             run = root / str(n)
             fake_run(run, [f"experiment={study}", f"{key}={value}", f"seed={seed}"], 0.8, 0.8)
             label = run / "tensorboard" / f"{key}={value}" / f"seed={seed}"
@@ -459,12 +460,15 @@ def test_tensorboard_lists_a_labs_runs_by_study_variant_and_seed(tmp_path):
     write_report([tmp_path / "lab/depth", tmp_path / "lab/dropout"], tmp_path / "lab")
     board = EventMultiplexer().AddRunsFromDirectory(str(tmp_path / "lab/tensorboard"))
     board.Reload()
-    assert sorted(board.Runs()) == [
-        f"{study}/{key}={value}/seed={seed}"
-        for study, key in (("depth", "model.hidden"), ("dropout", "model.dropout"))
-        for value in ("[1]", "[2]")
-        for seed in (0, 10)
-    ]
+    assert sorted(board.Runs()) == sorted(
+        [
+            f"{study}/{key}={value}/seed={seed}"
+            for study, key in (("depth", "model.hidden"), ("dropout", "model.dropout"))
+            for value in ("[1]", "[2]")
+            for seed in (0, 10)
+        ]
+        + ["depth/model.hidden=[1]/seed=0,run=4"]  # the same variant and seed twice: both
+    )
     # Each is the run's own events, linked: its scalar is there, and the run keeps its files.
     run = "dropout/model.dropout=[2]/seed=10"
     events = board.Tensors(run, "val/acc")
