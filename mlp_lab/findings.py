@@ -17,7 +17,7 @@ from typing import Any
 from scipy import stats
 
 from mlp_lab.config import CLAIM
-from mlp_lab.loggers import LOGISTICS, flatten
+from mlp_lab.loggers import flatten, is_logistics
 from mlp_lab.studies import (
     EQUAL,
     MEASURE,
@@ -53,10 +53,9 @@ def settings(study: Study) -> tuple[dict[str, Any], dict[str, list[str]]]:
     seeds, logistics and the study's words left out."""
     flats = [flatten(run.record.get("config", {})) for run in study.runs]
     keys = sorted({k for flat in flats for k in flat})
-    left_out = ("seed", "study")
     fixed, varied = {}, {}
     for key in keys:
-        if key in LOGISTICS or key.split(".")[0] in (*LOGISTICS, *left_out):
+        if is_logistics(key) or key == "seed":
             continue
         values = [shown(flat.get(key)) for flat in flats]
         if len(set(values)) == 1:

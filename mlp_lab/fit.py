@@ -15,21 +15,19 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.profilers import AdvancedProfiler, PyTorchProfiler, SimpleProfiler
+from hydra.utils import get_class
 from matplotlib.figure import Figure
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from mlp_lab import callbacks, cluster, loggers, messages, runs
 from mlp_lab.callbacks import TrialReport
-from mlp_lab.config import ConfigError, TrainConfig
+from mlp_lab.config import PROFILERS, ConfigError, TrainConfig
 from mlp_lab.data import DataError, MNISTDataModule
 from mlp_lab.figures import plot_confusion, plot_curves, plot_predictions
-from mlp_lab.messages import autograd_found_nan, out_of_memory
+from mlp_lab.messages import autograd_found_nan, first_line, out_of_memory
 from mlp_lab.module import MLPClassifier, TrainingDiverged
 
 log = logging.getLogger(__name__)
-
-PROFILERS = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
 
 
 class RunInterrupted(RuntimeError):
@@ -129,7 +127,8 @@ def trainer_arguments(cfg: TrainConfig, run_dir: Path) -> dict:
     del args["progress_bar_refresh_rate"]
     args["enable_progress_bar"] = callbacks.bar_shown(cfg)
     if cfg.trainer.profiler:
-        args["profiler"] = PROFILERS[cfg.trainer.profiler](dirpath=run_dir, filename="profile")
+        profiler = get_class(PROFILERS[cfg.trainer.profiler])
+        args["profiler"] = profiler(dirpath=run_dir, filename="profile")
     return {**args, "default_root_dir": run_dir}
 
 
@@ -175,7 +174,7 @@ def load_start(cfg: TrainConfig, module: MLPClassifier) -> Path | None:
         state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(state)
     except (OSError, KeyError, RuntimeError, pickle.UnpicklingError) as err:
-        reason = str(err).strip().splitlines()[0]
+        reason = first_line(err)
         raise ConfigError(f"{path} is not a checkpoint of this model: {reason}") from None
     return path
 

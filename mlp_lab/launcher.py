@@ -35,7 +35,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf, open_dict
 
 from mlp_lab import cluster, runs
-from mlp_lab.messages import squeue_forgot
+from mlp_lab.messages import first_line, squeue_forgot
 from mlp_lab.runs import Status
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ def settle(run_dir: Path, ending: Ending) -> Status:
     if completed or record.get("status", Status.RUNNING) != Status.RUNNING:
         return runs.ending(run_dir)  # it wrote its own end (a fast_dev_run writes no record)
     error = result._return_value if isinstance(result, JobReturn) else result
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    reason = first_line(error)
     runs.fail(run_dir, f"{type(error).__name__}: {reason}", seen_from_outside=True)
     return Status.FAILED
 
@@ -451,7 +451,7 @@ def _wait_for(job, run_dir: Path) -> Ending:
     try:
         return Ending(result=job.results()[0])
     except UncompletedJobError as err:
-        return Ending(died_of=f"SLURM job {job.job_id}: {str(err).strip().splitlines()[0]}")
+        return Ending(died_of=f"SLURM job {job.job_id}: {first_line(err)}")
 
 
 def _died(run_dir: Path, out_of_queue_s: float) -> bool:

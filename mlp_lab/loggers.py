@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlp_lab.config import ConfigError, LoggerConfig, MLflowConfig, TrainConfig
+from mlp_lab.messages import first_line
 
 if TYPE_CHECKING:
     from lightning.pytorch.loggers import Logger, MLFlowLogger
@@ -36,6 +37,11 @@ LOGISTICS = (
 )
 
 
+def is_logistics(key: str) -> bool:
+    """Whether a dotted setting or override key is logistics, or lies in a section that is."""
+    return any(key == k or key.startswith(f"{k}.") for k in LOGISTICS)
+
+
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     """A nested config as dotted keys: {"model": {"hidden": ...}} → {"model.hidden": ...}."""
     flat = {}
@@ -50,11 +56,13 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 def run_settings(cfg: TrainConfig, first: Sequence[str] = ()) -> dict[str, Any]:
     """The settings that define a run, flat ("model/hidden"): the config less its logistics and
     the options that its loss does not take; those under the keys `first` (a sweep's) lead."""
-    unused = {f"loss.{k}" for k in set(vars(cfg.loss)) - {"name", *cfg.loss.params()}}
+    from mlp_lab.losses import own_options  # torch, which a run has imported by now
+
+    unused = {f"loss.{k}" for k in set(vars(cfg.loss)) - {"name", *own_options(cfg.loss)}}
     settings = {
         name: value
         for name, value in flatten(asdict(cfg)).items()
-        if name not in LOGISTICS and name.split(".")[0] not in LOGISTICS and name not in unused
+        if not is_logistics(name) and name not in unused
     }
     lead = [n for n in settings if any(n == k or n.startswith(f"{k}.") for k in first)]
     return {name.replace(".", "/"): settings[name] for name in [*lead, *settings]}
@@ -124,7 +132,7 @@ def mlflow_logger(cfg: MLflowConfig, run_dir: Path, label: str = "") -> MLFlowLo
     except (mlflow.MlflowException, SQLAlchemyError) as err:
         raise ConfigError(
             f"logger.mlflow.tracking_uri={uri!r}: MLflow could not start a run in experiment "
-            f"{cfg.experiment_name!r} ({str(err).strip().splitlines()[0]})"
+            f"{cfg.experiment_name!r} ({first_line(err)})"
         ) from None
     return logger
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import inspect
 
 import torch
+from hydra.utils import get_class
 from torch import nn
+
+from mlp_lab.config import LOSSES, LossConfig
 
 
 def log_softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -108,19 +111,15 @@ class CrossEntropyL2Loss(CrossEntropyLoss):
         return super().forward(logits, target) + self.lam * penalty
 
 
-LOSSES: dict[str, type[nn.Module]] = {
-    "ce": CrossEntropyLoss,
-    "mse": MSELoss,
-    "mae": MAELoss,
-    "huber": HuberLoss,
-    "focal": FocalLoss,
-    "ce_l2": CrossEntropyL2Loss,
-}
-
-
 def loss_options(name: str) -> set[str]:
     """The keyword arguments the named loss accepts."""
-    return set(inspect.signature(LOSSES[name]).parameters)
+    return set(inspect.signature(get_class(LOSSES[name])).parameters)
+
+
+def own_options(cfg: LossConfig) -> dict:
+    """The loss section's options that its loss takes: the section holds every loss's."""
+    accepted = loss_options(cfg.name)
+    return {k: v for k, v in vars(cfg).items() if k in accepted}
 
 
 def build_loss(name: str, **options) -> nn.Module:
@@ -131,4 +130,4 @@ def build_loss(name: str, **options) -> nn.Module:
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
     accepted = loss_options(name)
-    return LOSSES[name](**{k: v for k, v in options.items() if k in accepted})
+    return get_class(LOSSES[name])(**{k: v for k, v in options.items() if k in accepted})

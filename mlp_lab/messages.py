@@ -30,6 +30,12 @@ def out_of_memory(err: BaseException) -> str | None:
     )
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (another library's can run to pages), else its type."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def not_a_list(message: str) -> bool:
     """Whether OmegaConf refused a single value where its schema wants a list."""
     return "is not a ListConfig" in message

@@ -11,19 +11,10 @@ import math
 from collections.abc import Sequence
 
 import torch
+from hydra.utils import get_class
 from torch import nn
 
-from mlp_lab.config import IMPLS
-
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "sigmoid": nn.Sigmoid,
-    "tanh": nn.Tanh,
-    "gelu": nn.GELU,
-    "leaky_relu": nn.LeakyReLU,
-    "elu": nn.ELU,
-    "silu": nn.SiLU,
-}
+from mlp_lab.config import ACTIVATIONS, IMPLS
 
 
 class ScratchLinear(nn.Module):
@@ -94,7 +85,7 @@ def build_activation(name: str, impl: str = "torch") -> nn.Module:
     # The lab wrote ReLU by hand and took the other activations from torch.
     if impl == "scratch" and name == "relu":
         return ScratchReLU()
-    return ACTIVATIONS[name]()
+    return get_class(ACTIVATIONS[name])()
 
 
 class MLP(nn.Module):

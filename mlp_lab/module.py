@@ -8,15 +8,16 @@ from dataclasses import asdict
 
 import lightning as L
 import torch
+from hydra.utils import get_class
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mlp_lab.config import OPTIMIZERS
 from mlp_lab.losses import build_loss
 from mlp_lab.model import MLP
 
 STAGES = ("train", "val", "test")
 SECTIONS = ("model", "loss", "optimizer")  # the config sections a model is made of
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
 class TrainingDiverged(RuntimeError):
@@ -143,7 +144,7 @@ class MLPClassifier(L.LightningModule):
         kwargs = {"lr": hp["lr"], "weight_decay": hp["weight_decay"]}
         if hp["name"] == "sgd":
             kwargs.update(momentum=hp["momentum"], nesterov=hp["nesterov"])
-        optimizer = OPTIMIZERS[hp["name"]](self.parameters(), **kwargs)
+        optimizer = get_class(OPTIMIZERS[hp["name"]])(self.parameters(), **kwargs)
         if hp["schedule"] == "none":
             return optimizer
         steps = int(self.trainer.estimated_stepping_batches)  # accumulation counted

@@ -30,6 +30,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mlp_lab.cli import override_key
 from mlp_lab.cluster import process_rank, slurm_job
 from mlp_lab.config import ConfigError, TrainConfig
 
@@ -321,8 +322,7 @@ def overrides(run_dir: Path) -> dict[str, str]:
     """The command-line overrides a run was started with, as key: value."""
     path = Path(run_dir) / ".hydra" / "overrides.yaml"
     items = (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
-    pairs = (item.split("=", 1) for item in items if "=" in item)
-    return {k.lstrip("+~"): v for k, v in pairs}
+    return {override_key(o): o.split("=", 1)[1] for o in items if "=" in o}
 
 
 _claimed: dict[str, str] = {}

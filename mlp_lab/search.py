@@ -34,6 +34,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from mlp_lab import runs
 from mlp_lab.cluster import submitit_launcher
 from mlp_lab.config import ConfigError, PrunerConfig, SweeperConfig, TrialConfig
+from mlp_lab.messages import first_line
 from mlp_lab.runs import Status
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.RDBStorage(url)
     except Exception as err:  # SQLAlchemy's, a driver's or the network's: all say "cannot open"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise _fail(
             f"hydra.sweeper.storage={url} cannot be opened ({reason}): give sqlite:///path.db, "
             "journal:path.log or a reachable database URL such as postgresql://user@host/db"

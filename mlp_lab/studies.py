@@ -19,10 +19,10 @@ import numpy as np
 from scipy import stats
 
 from mlp_lab import runs
-from mlp_lab.loggers import LOGISTICS
+from mlp_lab.loggers import is_logistics
 
-# Overrides that change how a run is carried out or shown, not what it computes.
-COSMETIC = ("experiment", "hparams_search", "hydra.", *LOGISTICS)
+# Overrides that choose or carry out a sweep besides its settings' logistics: none changes a run.
+COSMETIC = ("experiment", "hparams_search", "hydra")
 
 
 @dataclass
@@ -75,7 +75,12 @@ def find_studies(dirs: list[Path]) -> list[Study]:
 
 def swept_keys(runs: list[Run]) -> list[str]:
     """Override keys whose value differs between runs, seeds and cosmetic settings excepted."""
-    keys = {k for run in runs for k in run.overrides if k != "seed" and not k.startswith(COSMETIC)}
+    keys = {
+        k
+        for run in runs
+        for k in run.overrides
+        if k != "seed" and k.split(".")[0] not in COSMETIC and not is_logistics(k)
+    }
     keys = sorted(keys)
     return [k for k in keys if len({run.overrides.get(k) for run in runs}) > 1]
 

@@ -28,8 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from hydra_plugins.mlp_lab_launcher import LocalLauncher, SlurmLauncher
 from hydra_plugins.mlp_lab_sweeper import OptunaSweeper
 from mlp_lab import cluster, loggers, messages, runs
-from mlp_lab.cli import CONF_DIR, one_line_errors
-from mlp_lab.config import ConfigError, SweeperConfig, TrainConfig
+from mlp_lab.cli import CONF_DIR, one_line_errors, override_key
+from mlp_lab.config import ConfigError, SweeperConfig, TrainConfig, TrainerConfig, checker
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,9 @@ def load_config(*overrides: str) -> TrainConfig:
     """The checked config that `python -m mlp_lab.train <overrides>` runs with (tests and
     benchmarks build runs from it)."""
     with hydra.initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return OmegaConf.to_object(hydra.compose(config_name="train", overrides=list(overrides)))
+        config = OmegaConf.to_object(hydra.compose(config_name="train", overrides=list(overrides)))
+    fits_machine(config.trainer)
+    return config
 
 
 def check_sweep(strategy: str, launcher: str) -> None:
@@ -85,7 +87,7 @@ def leading_keys() -> list[str]:
         return []
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
-        return [o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task]
+        return [override_key(o) for o in hydra_cfg.overrides.task]
     saved = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
     given = list(OmegaConf.load(saved).hydra.overrides.task) if saved.is_file() else []
     swept = OverridesParser.create().parse_overrides(given)
@@ -100,7 +102,7 @@ def sweep_label() -> str:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return ""
-    given = dict(o.lstrip("+~").split("=", 1) for o in hydra_cfg.overrides.task if "=" in o)
+    given = {override_key(o): o.split("=", 1)[1] for o in hydra_cfg.overrides.task if "=" in o}
     shown = {"True": "true", "False": "false"}  # as the configs write them
     return "/".join(f"{k}={shown.get(given[k], given[k])}" for k in leading_keys() if k in given)
 
@@ -140,7 +142,19 @@ def checked(cfg: DictConfig, hydra_cfg) -> TrainConfig:
         check_sweep(str(config.trainer.strategy), str(hydra_cfg.launcher.get("_target_")))
     if config.resume:
         config = runs.resumed_config(Path(config.resume), list(hydra_cfg.overrides.task))
+    fits_machine(config.trainer)
     return config
+
+
+def fits_machine(trainer: TrainerConfig) -> None:
+    """Refuse in one line, before torch is imported, what this machine cannot run as asked: a
+    device preset without its device, bf16 where the CPU only emulates it."""
+    check = checker("trainer.", trainer)
+    missing = cluster.accelerator_missing(str(trainer.accelerator), trainer.devices)
+    check("accelerator", not missing, f"{missing}; use trainer=cpu")
+    bf16 = str(trainer.precision).startswith("bf16")
+    slower = bf16 and cluster.bf16_slower(str(trainer.accelerator))
+    check("precision", not slower, f"{slower}; use trainer=default (32-true) here")
 
 
 @one_line_errors("mlp_lab.train", TrainConfig)

@@ -1,5 +1,6 @@
 import functools
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,7 +74,9 @@ def test_bad_values_fail_naming_key_and_allowed_values(override, message):
     ],
 )
 def test_each_loss_gets_only_its_own_options(loss, params):
-    assert load_config(f"loss={loss}").loss.params() == params
+    from mlp_lab.losses import own_options
+
+    assert own_options(load_config(f"loss={loss}").loss) == params
 
 
 @pytest.mark.parametrize(
@@ -324,18 +327,55 @@ def test_bad_trainer_and_callback_values_fail_naming_the_key(overrides, message)
 
 
 def test_the_names_a_check_allows_are_the_names_implemented():
-    from mlp_lab import config, data, losses, model, module
+    """Each name a setting may take is written once, in config.py, with what implements it: the
+    schema checks against those names and the builders build from the same table."""
+    from hydra.utils import get_class
+    from lightning.pytorch.profilers import Profiler
+    from torchvision.datasets import VisionDataset
 
-    assert tuple(data.DATASETS) == config.DATASETS
-    assert tuple(model.ACTIVATIONS) == config.ACTIVATIONS
-    assert tuple(losses.LOSSES) == config.LOSSES
-    assert tuple(module.OPTIMIZERS) == config.OPTIMIZERS
+    from mlp_lab import config, data, model
+
+    kinds = {
+        "DATASETS": VisionDataset,
+        "ACTIVATIONS": torch.nn.Module,
+        "LOSSES": torch.nn.Module,
+        "OPTIMIZERS": torch.optim.Optimizer,
+        "PROFILERS": Profiler,
+    }
+    for table, kind in kinds.items():
+        for name, path in getattr(config, table).items():
+            assert issubclass(get_class(path), kind), (table, name)
+    assert list(data.DATASETS) == list(config.DATASETS)
+    assert [type(model.build_activation(n)) for n in config.ACTIVATIONS] == [
+        get_class(p) for p in config.ACTIVATIONS.values()
+    ]
+    # A name outside the table is refused by the schema, naming the table's.
+    with pytest.raises(ConfigError, match="use one of simple, advanced, pytorch"):
+        load_config("trainer.profiler=fancy")
+    with pytest.raises(ConfigError, match="use one of sgd, adam, adamw"):
+        load_config("optimizer.name=lion")
 
 
 def fake_cpu(path, flags: str):
     """A /proc/cpuinfo of one core with these flags."""
     path.write_text(f"processor\t: 0\nmodel name\t: Fake CPU\nflags\t\t: fpu sse2 {flags}\n")
     return path
+
+
+def test_a_schema_means_the_same_on_every_machine(tmp_path, monkeypatch):
+    """The schema checks values only; the command asks what the machine has."""
+    from mlp_lab import cluster
+    from mlp_lab.config import TrainerConfig
+    from mlp_lab.train import fits_machine
+
+    monkeypatch.setattr(cluster, "CPUINFO", fake_cpu(tmp_path / "cpuinfo", "avx2"))
+    monkeypatch.setattr(cluster, "cuda_gpus", lambda: 0)
+    for trainer in (TrainerConfig(accelerator="gpu"), TrainerConfig(precision="bf16-mixed")):
+        with pytest.raises(ConfigError, match=r"^trainer\.(accelerator|precision)="):
+            fits_machine(trainer)  # built without a word, refused by the command
+    fits_machine(TrainerConfig())
+    source = (Path(cluster.__file__).parent / "config.py").read_text()
+    assert "cluster" not in source.split('"""', 2)[2] and "cpuinfo" not in source
 
 
 def read_cpuinfo_from(path):

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from conftest import quiet
 
-from mlp_lab.losses import LOSSES, build_loss
+from mlp_lab.config import LOSSES
+from mlp_lab.losses import build_loss
 from mlp_lab.model import MLP
 from mlp_lab.train import load_config
 
