@@ -30,7 +30,7 @@ CONTEXT.set_forkserver_preload(
         "mlp_lab.eval",
         "mlp_lab.predict",
         "mlp_lab.xor",
-        "mlp_lab.report",
+        "mlp_lab.report.write",
         "mlp_lab.resume",
         "mlp_lab.launcher",
         "mlp_lab.search",

@@ -10,9 +10,11 @@ from commands import run_module
 from conftest import fake_run, fast_overrides
 from scipy import stats
 
-from mlp_lab import findings
-from mlp_lab.report import plot_study, prefix_lines, write_report
-from mlp_lab.studies import Comparison, Run, Study, find_studies, variants
+from mlp_lab.report import findings
+from mlp_lab.report.plots import plot_study, prefix_lines
+from mlp_lab.report.studies import Comparison, Run, Study, find_studies, variants
+from mlp_lab.report.write import write_report
+from mlp_lab.report.xor import xor_findings
 
 BATCH_NORM = {
     "question": "Does batch normalisation raise accuracy?",
@@ -228,7 +230,7 @@ def test_xor_answer_counts_the_seeds_that_solve_it(tmp_path):
               "study": {"question": "XOR?", "order": 11, "lab_found": "it learns XOR"}}  # fmt: skip
     (tmp_path / "xor").mkdir()
     (tmp_path / "xor/xor.json").write_text(json.dumps(record))
-    (xor,) = findings.xor_findings([tmp_path])
+    (xor,) = xor_findings([tmp_path])
     words, word = xor.answer()
     # Clopper-Pearson for 18 of 20: the 2.5 % and 97.5 % beta quantiles, 68.3 % to 98.8 %.
     low, high = stats.beta.ppf(0.025, 18, 3), stats.beta.ppf(0.975, 19, 2)

@@ -94,6 +94,27 @@ def test_no_function_is_longer_than_a_reader_finishes():
 
 def test_the_report_imports_neither_optuna_nor_lightning():
     # A fresh interpreter: this one has imported both.
-    code = "import mlp_lab.report, sys; print('optuna' in sys.modules, 'lightning' in sys.modules)"
+    imports = "import mlp_lab.report.__main__, sys"
+    code = f"{imports}; print('optuna' in sys.modules, 'lightning' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.split() == ["False", "False"], result.stderr
+
+
+def layer_crossings(graph: dict[str, set[str]], layer: str) -> set[tuple[str, str]]:
+    """Imports of `layer`'s modules from modules outside it: the wrong way, up."""
+
+    def inside(name: str) -> bool:
+        return name == layer or name.startswith(f"{layer}.")
+
+    return {(m, n) for m, names in graph.items() for n in names if inside(n) and not inside(m)}
+
+
+def test_the_training_core_imports_nothing_of_the_report_layer():
+    graph = {m: imported(m, p) for m, p in SOURCES.items()}
+    assert {n for n in graph if n.startswith("mlp_lab.report.")} >= {
+        "mlp_lab.report.studies", "mlp_lab.report.findings", "mlp_lab.report.write",
+    }  # fmt: skip
+    assert layer_crossings(graph, "mlp_lab.report") == set()
+    # The check sees one planted the wrong way.
+    planted = graph | {"mlp_lab.fit": graph["mlp_lab.fit"] | {"mlp_lab.report.studies"}}
+    assert layer_crossings(planted, "mlp_lab.report") == {("mlp_lab.fit", "mlp_lab.report.studies")}

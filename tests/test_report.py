@@ -16,15 +16,10 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from mlp_lab.data import PROJECT_DIR
-from mlp_lab.report import (
-    complexity,
-    interpolation_line,
-    plot_complexity,
-    plot_study,
-    study_table,
-    write_report,
-)
-from mlp_lab.studies import Run, compare, find_studies, seed_of, variants
+from mlp_lab.report.complexity import complexity, interpolation_line, plot_complexity
+from mlp_lab.report.plots import plot_study
+from mlp_lab.report.studies import Run, compare, find_studies, seed_of, variants
+from mlp_lab.report.write import study_table, write_report
 from mlp_lab.train import load_config
 
 

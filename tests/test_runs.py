@@ -15,7 +15,7 @@ from conftest import classifier, datamodule, fast_overrides, quiet_trainer
 from mlp_lab import runs
 from mlp_lab.data import PROJECT_DIR
 from mlp_lab.module import MLPClassifier
-from mlp_lab.report import find_studies
+from mlp_lab.report.studies import find_studies
 from mlp_lab.runs import RunError, Status, load_model
 
 

@@ -13,7 +13,8 @@ from commands import Command, run_module
 from conftest import fast_overrides
 
 from mlp_lab import runs
-from mlp_lab.report import find_studies, write_report
+from mlp_lab.report.studies import find_studies
+from mlp_lab.report.write import write_report
 from mlp_lab.search import open_storage
 
 State = optuna.trial.TrialState

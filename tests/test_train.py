@@ -19,7 +19,7 @@ from mlp_lab.config import ConfigError
 from mlp_lab.data import idx_files, load_split
 from mlp_lab.fit import train
 from mlp_lab.module import MLPClassifier, TrainingDiverged
-from mlp_lab.report import find_studies
+from mlp_lab.report.studies import find_studies
 from mlp_lab.runs import resumed_config
 from mlp_lab.train import load_config
 

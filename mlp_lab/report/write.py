@@ -1,37 +1,22 @@
 """The lab's report: for each study its question, settings, table, figures and answer in words,
-with the original lab's finding checked beside ours; report.md and a self-contained report.html.
-
-    python -m mlp_lab.report outputs/lab/*/ [more run or sweep dirs] [--out DIR]
-
-A directory is a run (it holds `.hydra/`), a sweep (numbered runs beside `multirun.yaml`), or any
-folder above them; XOR records (xor.json) below them are read too.
-"""
+with the original lab's finding checked beside ours; report.md, a self-contained report.html, and
+the runs' TensorBoard events linked by study, variant and seed."""
 
 from __future__ import annotations
 
-import argparse
 import base64
-import logging
 import os
 import re
 import shutil
-import statistics
-import sys
-import textwrap
-import warnings
-from collections import defaultdict
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-import yaml
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
-
-from mlp_lab import findings, runs
+from mlp_lab import runs
 from mlp_lab.cluster import machine
-from mlp_lab.figures import save
-from mlp_lab.studies import (
+from mlp_lab.report import findings
+from mlp_lab.report.complexity import complexity, interpolation_line, plot_complexity
+from mlp_lab.report.plots import plot_study, prefix_lines, search_figures
+from mlp_lab.report.studies import (
     EQUAL,
     MEASURE,
     MEASURE_NAME,
@@ -42,11 +27,9 @@ from mlp_lab.studies import (
     epoch_flops,
     find_studies,
     seed_of,
-    swept_keys,
     variants,
 )
-
-log = logging.getLogger(__name__)
+from mlp_lab.report.xor import XORFinding, xor_findings
 
 COLUMNS = ("variant", "seeds", "params", "epochs", "GFLOP/epoch", "best val acc", "best epoch")
 
@@ -90,199 +73,12 @@ def study_table(study: Study) -> str:
     return "\n".join(lines)
 
 
-PANELS = {  # the study figure's panels: history key → title
-    "train_loss": "training loss",
-    "val_loss": "validation loss",
-    "train_acc": "training accuracy",
-    "val_acc": "validation accuracy",
-}
-
-
-# A line style and a marker per variant, so that curves drawn over each other stay told apart.
-STYLES = ("-", "--", "-.", ":")
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-
-
-def plot_study(study: Study, path: Path | None = None):
-    """Training and validation loss and accuracy per epoch of each variant: the mean over seeds,
-    and a band from the lowest to the highest seed. One variant: training against validation,
-    the epoch of the lowest validation loss dashed."""
-    groups = variants(study)
-    one = len(groups) == 1
-    # One legend below the plots, one line per variant: a search's labels are long.
-    fig = Figure(figsize=(11, (4 if one else 7) + 0.2 * len(groups)), layout="constrained")
-    grid = fig.subplots(1, 2) if one else fig.subplots(2, 2).flat
-    names = ("loss", "loss", "accuracy", "accuracy") if one else PANELS.values()
-    axes = dict(zip(PANELS, [grid[0], grid[0], grid[1], grid[1]] if one else grid, strict=True))
-    # The longest curves first: a shorter one that repeats their start is drawn over them.
-    starts = prefixes(groups)
-    for i, v in enumerate(groups):
-        for key, ax in axes.items():
-            label = PANELS[key].split()[0] if one else v.label
-            style = "--" if one and key.startswith("val") else STYLES[i % len(STYLES)]
-            line = {"ls": style, "marker": MARKERS[i % len(MARKERS)], "color": f"C{i % 10}"}
-            if v.label in starts:  # wide and pale, under the longer curve it starts
-                line |= {"lw": 5, "alpha": 0.45, "zorder": 1, "ms": 6}
-            _band(ax, v, key, label, line)
-    turn = findings.overfitting_turn(groups[0]) if one else None
-    for (key, ax), name in zip(axes.items(), names, strict=True):
-        ax.set_title(name if one else PANELS[key], fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, never 1.5
-        ax.grid(alpha=0.3)
-        if key.endswith("loss"):
-            _log_scale(ax)
-        if turn:
-            ax.axvline(turn, color="grey", ls=":", lw=1)
-    seeds = max(len(v.runs) for v in groups)
-    band = "; band: lowest to highest seed" if seeds > 1 else ""
-    handles, labels = axes["val_loss" if one else "val_acc"].get_legend_handles_labels()
-    if not one:  # the sweep's order, whatever order the lines were drawn in
-        order = [labels.index(v.label) for v in groups]
-        handles, labels = [handles[i] for i in order], [labels[i] for i in order]
-    fig.legend(handles, labels, loc="outside lower center", fontsize=8)
-    # A sweep's folder is named by its time: say what it varied instead.
-    unnamed = re.fullmatch(r"\d{4}-\d{2}-\d{2}_[\d_-]+", study.name)
-    keys = ", ".join(swept_keys(study.runs)) or "one setting"
-    title = f"sweep over {keys} ({study.name})" if unnamed else study.name
-    turned = f"; dotted: lowest validation loss (epoch {turn})" if turn else ""
-    repeated = "".join(f"\n{textwrap.fill(line, 150)}" for line in prefix_lines(groups))
-    fig.suptitle(
-        f"{title}: mean over {seeds} seed{'s' * (seeds > 1)}{band}{turned}{repeated}", fontsize=10
-    )
-    return save(fig, path)
-
-
-def prefixes(groups: list[Variant]) -> dict[str, str]:
-    """Each variant whose every curve is the start of a longer variant's (the same runs until it
-    stopped, as with no schedule tied to the run's length) → that longer variant."""
-    found = {}
-    for short in groups:
-        n = len(short.curve("val_acc"))
-        for v in groups:
-            if len(v.curve("val_acc")) > n and all(
-                v.curve(key)[:n] == short.curve(key) for key in PANELS
-            ):
-                found[short.label] = v.label
-                break
-    return found
-
-
-def prefix_lines(groups: list[Variant]) -> list[str]:
-    """A sentence for each variant that repeats the start of a longer one."""
-    epochs = {v.label: len(v.curve("val_acc")) for v in groups}
-    return [
-        f"{short}: the first {epochs[short]} epochs of {long}, drawn wide and pale under it"
-        for short, long in prefixes(groups).items()
-    ]
-
-
-def _log_scale(ax) -> None:
-    """A log y axis (losses of different functions differ in scale) with plain numbers, 0.3 not
-    3×10⁻¹, its minor ticks labelled where they do not crowd: within a decade and a half."""
-    ax.set_yscale("log")
-    plain = FuncFormatter(lambda y, _: f"{y:.2g}")
-    low, high = ax.get_ylim()
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain if high / low < 10**1.5 else NullFormatter())
-
-
-def _band(ax, variant: Variant, key: str, label: str, line: dict) -> None:
-    """The variant's mean curve of `key` drawn as `line` says, and the band of its seeds."""
-    curves = variant.curves(key)
-    epochs = range(1, len(curves[0]) + 1)
-    (line,) = ax.plot(epochs, variant.curve(key), label=label, **{"ms": 3, "zorder": 2} | line)
-    if len(curves) > 1:
-        low, high = (list(map(f, zip(*curves, strict=True))) for f in (min, max))
-        ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, lw=0)
-
-
-# Training error at or below this counts as fitting the training labels (noisy ones included).
-INTERPOLATED = 0.01
-ERRORS = {  # what the complexity figure plots: a run's record → an error
-    "final training error": lambda r: 1 - r["history"][-1]["train_acc"],
-    # At the last epoch, without the early stopping that the best-val checkpoint amounts to:
-    # where noisy labels show the double-descent peak.
-    "final validation error": lambda r: 1 - r["history"][-1]["val_acc"],
-    "best validation error": lambda r: 1 - r["best_val_acc"],
-    "test error": lambda r: 1 - r["test_acc"],  # of the best-val checkpoint
-}
-
-
-@dataclass
-class Size:
-    params: int
-    errors: dict[str, tuple[float, float]]  # ERRORS key: (mean, std) over seeds
-
-
-def complexity(study: Study) -> dict[int, list[Size]] | None:
-    """Per depth, errors by parameter count, for a study whose runs differ only in model.hidden."""
-    if swept_keys(study.runs) != ["model.hidden"]:
-        return None
-    depths: dict[int, list[Size]] = defaultdict(list)
-    for v in variants(study):
-        depth = len(yaml.safe_load(v.runs[0].overrides["model.hidden"]))
-        errors = {}
-        for name, error in ERRORS.items():
-            values = [error(run.record) for run in v.runs]
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            errors[name] = (statistics.fmean(values), std)
-        depths[depth].append(Size(v.runs[0].record["params"], errors))
-    return {d: sorted(sizes, key=lambda s: s.params) for d, sizes in sorted(depths.items())}
-
-
-def interpolation_point(sizes: list[Size]) -> int | None:
-    """The fewest parameters whose mean final training error is INTERPOLATED or less."""
-    fits = [s.params for s in sizes if s.errors["final training error"][0] <= INTERPOLATED]
-    return min(fits, default=None)
-
-
-def interpolation_line(depths: dict[int, list[Size]]) -> str:
-    """Where each depth first fits its training labels, in one sentence."""
-    points = []
-    for depth, sizes in depths.items():
-        point = interpolation_point(sizes)
-        where = f"{point:,} parameters" if point else "not within these sizes"
-        points.append(f"{depth} hidden layer{'s' * (depth > 1)}: {where}")
-    return f"Training error first at or below {INTERPOLATED:g} (the interpolation point): " + (
-        "; ".join(points) + "."
-    )
-
-
-def plot_complexity(name: str, depths: dict[int, list[Size]], path: Path | None = None):
-    """Training, validation and test error against parameters, a line per depth."""
-    fig = Figure(figsize=(16, 4), layout="constrained")
-    axes = fig.subplots(1, len(ERRORS))
-    for depth, sizes in depths.items():
-        params = [s.params for s in sizes]
-        point = interpolation_point(sizes)
-        for ax, key in zip(axes, ERRORS, strict=True):
-            mean = [s.errors[key][0] for s in sizes]
-            std = [s.errors[key][1] for s in sizes]
-            label = f"{depth} hidden layer{'s' * (depth > 1)}"
-            (line,) = ax.plot(params, mean, "o-", ms=3, label=label)
-            low = [m - d for m, d in zip(mean, std, strict=True)]
-            high = [m + d for m, d in zip(mean, std, strict=True)]
-            ax.fill_between(params, low, high, color=line.get_color(), alpha=0.2)
-            if point is not None:
-                ax.axvline(point, color=line.get_color(), ls="--", lw=1)
-    for ax, key in zip(axes, ERRORS, strict=True):
-        ax.set_xscale("log")
-        ax.set_xlabel("parameters")
-        ax.set_title(key)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("error (mean ± std over seeds)")
-    axes[0].legend(title=f"dashed: training error ≤ {INTERPOLATED:g}", fontsize=8)
-    fig.suptitle(f"{name}: error against model size")
-    return save(fig, path)
-
-
 def write_report(dirs: list[Path], out: Path) -> Path:
     """Write report.md, report.html and the figures into `out`; return report.md's path."""
     studies = find_studies(dirs)
     out.mkdir(parents=True, exist_ok=True)
     sections = [study_section(study, out) for study in studies]
-    sections += [xor_section(xor) for xor in findings.xor_findings(dirs)]
+    sections += [xor_section(xor) for xor in xor_findings(dirs)]
     sections.sort(key=lambda section: section[0])
     lines = ["# The lab's report", "", *header(studies), "", *HOW_TO_READ, ""]
     lines += [
@@ -452,7 +248,7 @@ def complexity_lines(study: Study, out: Path) -> list[str]:
     return ["", interpolation_line(depths), "", f"![error against size]({figure})"]
 
 
-def xor_section(xor: findings.XORFinding) -> tuple[tuple, tuple[str, ...], list[str]]:
+def xor_section(xor: XORFinding) -> tuple[tuple, tuple[str, ...], list[str]]:
     words, settings = xor.words, xor.record["xor"]
     said, agree = xor.answer()
     question = words.get("question") or "XOR"
@@ -505,61 +301,3 @@ def write_html(report: Path) -> Path:
         "</body></html>\n"
     )
     return html
-
-
-def search_figures(sweep_dir: Path, out: Path) -> list[str]:
-    """The search's optimisation history, parameter importances and per-epoch values as PNGs in
-    `out`; none when `sweep_dir` is no search's."""
-    if not (sweep_dir / runs.SEARCH_RECORD).is_file():
-        return []
-    # Optuna, and pyplot which its figures use, only for a report on a search.
-    import matplotlib.pyplot as plt
-    import optuna
-    from optuna.visualization import matplotlib as plots
-
-    from mlp_lab.search import open_storage
-
-    record = yaml.safe_load((sweep_dir / runs.SEARCH_RECORD).read_text())
-    study = optuna.load_study(
-        study_name=record["study_name"], storage=open_storage(record["storage"])
-    )
-    names = []
-    # Optuna's plots ask for a font Debian's matplotlib lacks, and matplotlib says so each time.
-    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        for name, plot in (
-            ("history", plots.plot_optimization_history),
-            ("importances", plots.plot_param_importances),
-            ("epochs", plots.plot_intermediate_values),
-        ):
-            try:
-                axes = plot(study)
-            except (ValueError, RuntimeError) as err:  # too few finished trials for this one
-                log.info("no %s figure for %s: %s", name, sweep_dir, err)
-                continue
-            path = out / f"{sweep_dir.name}_{name}.png"
-            axes.figure.savefig(path, dpi=100, bbox_inches="tight")
-            plt.close(axes.figure)
-            names.append(path.name)
-    return names
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("dirs", nargs="+", type=Path, help="run, sweep or parent directories")
-    parser.add_argument(
-        "--out", type=Path, help="where report.md goes (default: the first directory)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        report = write_report(args.dirs, args.out or args.dirs[0])
-    except FileNotFoundError as err:
-        sys.exit(f"error: {err}")
-    print(report)
-
-
-if __name__ == "__main__":
-    main()
