@@ -178,7 +178,7 @@ class TrialReport(L.Callback):
     """Reports val/acc after every epoch to the trial, and stops the run when the pruner says so."""
 
     def __init__(self, cfg: TrialConfig):
-        from mlp_lab.search import open_trial  # Optuna, for a search's trials alone
+        from mlp_lab.trial import open_trial  # Optuna, for a search's trials alone
 
         self.trial = open_trial(cfg)
         self.pruned = False

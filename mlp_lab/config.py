@@ -281,7 +281,7 @@ class PrunerConfig:
 
 @dataclass
 class TrialConfig:
-    """Set by the search (mlp_lab.search) for each trial it runs: where it reports its epochs."""
+    """Set by the search (mlp_lab.sweeps.search) for each trial: where it reports its epochs."""
 
     storage: str | None = None
     study_name: str | None = None
@@ -386,7 +386,7 @@ class SamplerConfig:
 
 @dataclass
 class SweeperConfig:
-    """hparams_search's sweeper (hydra/sweeper=mlp_lab, mlp_lab/search.py)."""
+    """hparams_search's sweeper (hydra/sweeper=mlp_lab, mlp_lab/sweeps/search.py)."""
 
     _target_: str = "hydra_plugins.mlp_lab_sweeper.OptunaSweeper"
     direction: str = "maximize"

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from mlp_lab import launcher, runs
+from mlp_lab import runs
 from mlp_lab.runs import Status
+from mlp_lab.sweeps import local
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if not todo:
         print(f"nothing to resume under {args.folder}")
         return 0
-    n_jobs, threads = launcher.job_shares(args.jobs or sweep_n_jobs(args.folder), None)
+    n_jobs, threads = local.job_shares(args.jobs or sweep_n_jobs(args.folder), None)
     log.info(
         "Resuming %d run%s, %d at a time, %d thread%s each",
         len(todo),
@@ -108,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         threads,
         "s" * (threads != 1),
     )
-    endings = launcher.run_jobs([resume_job(d) for d in todo], n_jobs, threads)
-    told = [launcher.settle(d, e) for d, e in zip(todo, endings, strict=True)]
+    endings = local.run_jobs([resume_job(d) for d in todo], n_jobs, threads)
+    told = [local.settle(d, e) for d, e in zip(todo, endings, strict=True)]
     line = runs.summary(told, args.folder)
     print(line)
     return 0 if all(t.ended for t in told) else 1

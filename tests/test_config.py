@@ -233,7 +233,7 @@ def test_best_experiments_are_mlps_with_the_fields_options(name, dataset):
     "name, dataset", [("best_mnist", "mnist"), ("best_fashion", "fashion_mnist")]
 )
 def test_the_searches_behind_the_best_experiments_compose(name, dataset):
-    from mlp_lab.search import search_space
+    from mlp_lab.sweeps.search import search_space
 
     cfg = _with_hydra(f"hparams_search={name}")
     sweeper = cfg.hydra.sweeper

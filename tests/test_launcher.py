@@ -240,7 +240,8 @@ def test_a_killed_jobs_gpu_goes_to_the_next_job(synthetic_root, tmp_path):
 
 def test_the_pool_counts_gpus_without_initialising_cuda(monkeypatch):
     # No GPU here: a machine with two is faked where the launcher counts them (NVML's count).
-    from mlp_lab import cluster, launcher
+    from mlp_lab import cluster
+    from mlp_lab.sweeps import local as launcher
 
     monkeypatch.setattr(cluster, "cuda_gpus", lambda: 2)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -264,7 +265,8 @@ def test_the_pool_counts_gpus_without_initialising_cuda(monkeypatch):
 
 
 def test_without_gpus_the_launcher_runs_as_before(monkeypatch):
-    from mlp_lab import cluster, launcher
+    from mlp_lab import cluster
+    from mlp_lab.sweeps import local as launcher
 
     monkeypatch.setattr(cluster, "cuda_gpus", lambda: 0)
     assert launcher.pool_devices("auto") == []

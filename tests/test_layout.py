@@ -56,9 +56,9 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_walk_finds_deferred_imports_and_circles():
     graph = {m: imported(m, p) for m, p in SOURCES.items()}
     # mlp_lab.runs imports mlp_lab.module only inside load_model, hydra_plugins' launcher
-    # mlp_lab.launcher only inside its class: both are seen.
+    # mlp_lab.sweeps.search only inside its class: both are seen.
     assert "mlp_lab.module" in graph["mlp_lab.runs"]
-    assert "mlp_lab.launcher" in graph["hydra_plugins.mlp_lab_launcher"]
+    assert "mlp_lab.sweeps.search" in graph["hydra_plugins.mlp_lab_sweeper"]
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
 
 
@@ -109,12 +109,22 @@ def layer_crossings(graph: dict[str, set[str]], layer: str) -> set[tuple[str, st
     return {(m, n) for m, names in graph.items() for n in names if inside(n) and not inside(m)}
 
 
-def test_the_training_core_imports_nothing_of_the_report_layer():
-    graph = {m: imported(m, p) for m, p in SOURCES.items()}
+# The commands stand above every layer: `python -m mlp_lab.resume` resumes a sweep's runs.
+COMMANDS = ("mlp_lab.resume",)
+
+
+def test_imports_go_one_way_between_the_layers():
+    """The training core imports neither the many-runs layer (mlp_lab.sweeps) nor the report
+    (mlp_lab.report), and those two import each other in neither direction."""
+    graph = {m: imported(m, p) for m, p in SOURCES.items() if m not in COMMANDS}
     assert {n for n in graph if n.startswith("mlp_lab.report.")} >= {
         "mlp_lab.report.studies", "mlp_lab.report.findings", "mlp_lab.report.write",
     }  # fmt: skip
+    assert {"mlp_lab.sweeps.local", "mlp_lab.sweeps.search"} <= graph.keys()
     assert layer_crossings(graph, "mlp_lab.report") == set()
+    # hydra_plugins names the launchers and the sweeper where Hydra looks for them.
+    plugins = {m: n for m, n in graph.items() if not m.startswith("hydra_plugins")}
+    assert layer_crossings(plugins, "mlp_lab.sweeps") == set()
     # The check sees one planted the wrong way.
     planted = graph | {"mlp_lab.fit": graph["mlp_lab.fit"] | {"mlp_lab.report.studies"}}
     assert layer_crossings(planted, "mlp_lab.report") == {("mlp_lab.fit", "mlp_lab.report.studies")}

@@ -15,7 +15,7 @@ from conftest import fast_overrides
 from mlp_lab import runs
 from mlp_lab.report.studies import find_studies
 from mlp_lab.report.write import write_report
-from mlp_lab.search import open_storage
+from mlp_lab.trial import open_storage
 
 State = optuna.trial.TrialState
 

@@ -12,7 +12,7 @@ from conftest import assert_checkpoint_scores, fast_overrides, quiet
 from slurm_cluster import SlurmCluster, unavailable
 
 from mlp_lab import messages, runs
-from mlp_lab.search import open_storage
+from mlp_lab.trial import open_storage
 
 State = optuna.trial.TrialState
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -1,17 +1,18 @@
-"""`hydra/launcher=local` and `slurm` (mlp_lab/launcher.py). Hydra instantiates launchers from
-hydra_plugins only, and imports every module there whenever it looks for plugins (each command):
-mlp_lab's are imported when used."""
+"""`hydra/launcher=local` and `slurm` (mlp_lab/sweeps/local.py, slurm.py). Hydra instantiates
+launchers from hydra_plugins only, and imports every module there whenever it looks for plugins
+(each command): mlp_lab's are imported when used."""
+
+import importlib
 
 from hydra.plugins.launcher import Launcher
 
 
 class _Launcher(Launcher):
-    kind = ""
+    module, kind = "", ""
 
     def __init__(self, **params):
-        from mlp_lab import launcher
-
-        self.launcher = getattr(launcher, self.kind)(**params)
+        module = importlib.import_module(f"mlp_lab.sweeps.{self.module}")
+        self.launcher = getattr(module, self.kind)(**params)
 
     def setup(self, **context) -> None:
         self.launcher.setup(**context)
@@ -21,8 +22,8 @@ class _Launcher(Launcher):
 
 
 class LocalLauncher(_Launcher):
-    kind = "LocalLauncher"
+    module, kind = "local", "LocalLauncher"
 
 
 class SlurmLauncher(_Launcher):
-    kind = "SlurmLauncher"
+    module, kind = "slurm", "SlurmLauncher"

@@ -1,12 +1,12 @@
-"""`hydra/sweeper=mlp_lab` (hparams_search=optuna): the Optuna search of mlp_lab/search.py, which
-is imported when used, since Hydra imports every module of hydra_plugins for each command."""
+"""`hydra/sweeper=mlp_lab` (hparams_search=optuna): the Optuna search of mlp_lab/sweeps/search.py,
+imported when used, since Hydra imports every module of hydra_plugins for each command."""
 
 from hydra.plugins.sweeper import Sweeper
 
 
 class OptunaSweeper(Sweeper):
     def __init__(self, **cfg):
-        from mlp_lab import search
+        from mlp_lab.sweeps import search
 
         self.search = search.OptunaSweeper(**cfg)
 

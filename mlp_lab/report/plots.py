@@ -137,7 +137,7 @@ def search_figures(sweep_dir: Path, out: Path) -> list[str]:
     import optuna
     from optuna.visualization import matplotlib as plots
 
-    from mlp_lab.search import open_storage
+    from mlp_lab.trial import open_storage
 
     record = yaml.safe_load((sweep_dir / runs.SEARCH_RECORD).read_text())
     study = optuna.load_study(

@@ -33,51 +33,19 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from mlp_lab import runs
 from mlp_lab.cluster import submitit_launcher
-from mlp_lab.config import ConfigError, PrunerConfig, SweeperConfig, TrialConfig
-from mlp_lab.messages import first_line
+from mlp_lab.config import ConfigError, PrunerConfig, SweeperConfig
 from mlp_lab.runs import Status
+from mlp_lab.trial import build_pruner, open_storage
 
 log = logging.getLogger(__name__)
-
-SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
-DIRECTIONS = ("maximize", "minimize")
 
 
 def _fail(message: str) -> SystemExit:
     return SystemExit(f"error: {message}")
 
 
-def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
-    """Optuna's storage for a URL; one line naming the setting when it cannot be opened."""
-    if url is None:
-        return None
-    try:
-        if url.startswith("journal:"):
-            path = Path(url.removeprefix("journal:"))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            backend = optuna.storages.journal.JournalFileBackend(str(path))
-            return optuna.storages.JournalStorage(backend)
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(url)
-    except Exception as err:  # SQLAlchemy's, a driver's or the network's: all say "cannot open"
-        reason = first_line(err)
-        raise _fail(
-            f"hydra.sweeper.storage={url} cannot be opened ({reason}): give sqlite:///path.db, "
-            "journal:path.log or a reachable database URL such as postgresql://user@host/db"
-        ) from None
-
-
-def build_pruner(cfg: PrunerConfig) -> optuna.pruners.BasePruner:
-    if cfg.name == "median":
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.warmup_epochs
-        )
-    if cfg.name == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, cfg.warmup_epochs))
-    if cfg.name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, cfg.warmup_epochs))
-    return optuna.pruners.NopPruner()
+SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+DIRECTIONS = ("maximize", "minimize")
 
 
 def search_space(params: dict[str, str], arguments: list[str]) -> tuple[dict, list[str]]:
@@ -272,16 +240,3 @@ def fail_dead_trials(study: optuna.Study) -> None:
         if dead:
             log.info("trial %d: its worker is gone; settled from its run's record", trial.number)
             tell(study, trial.number, run_dir)
-
-
-def open_trial(cfg: TrialConfig) -> optuna.Trial:
-    """The trial a run of a search reports to (its number in `cfg`), from the run's own process."""
-    study = optuna.load_study(
-        study_name=cfg.study_name,
-        storage=open_storage(cfg.storage),
-        pruner=build_pruner(cfg.pruner),
-    )
-    # Optuna has no public lookup of a trial by its number from another process.
-    storage = study._storage
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, cfg.number)
-    return optuna.trial.Trial(study, trial_id)
