@@ -22,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 # fit, imported once here, brings torch and Lightning to every forked search.
-from mlp_lab import fit, runs, train  # noqa: F401
+from mlp_lab import directories, fit, runs, train  # noqa: F401
 from mlp_lab.data import PROJECT_DIR
 
 SEARCHES = {
@@ -62,7 +62,7 @@ def run_search(key: str, args, work: Path) -> dict:
     wall = end - start
     if process.exitcode != 0:
         raise SystemExit(f"search ({key}) failed:\n{output.read_text()[-4000:]}")
-    records = [runs.read_record(run) for run in runs.find_runs(sweep)]
+    records = [runs.read_record(run) for run in directories.find_runs(sweep)]
     failed = [r for r in records if not runs.status(r).ended]
     if failed:
         raise SystemExit(f"search ({key}): a trial {failed[0]['status']}: {failed[0].get('error')}")

@@ -23,7 +23,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from mlp_lab import messages, runs
+from mlp_lab import checkpoints, messages, runs
 from mlp_lab.cli import CONF_DIR, one_line_errors
 from mlp_lab.config import ConfigError, DataConfig
 from mlp_lab.runs import RunError
@@ -128,8 +128,8 @@ def save(record: dict, directory: Path) -> Path:
 def run(cfg: DictConfig) -> tuple[dict, Path]:
     """The command: test cfg.ckpt on its own dataset unless cfg.data names one, and save the
     result beside it; return the record and its path."""
-    ckpt = runs.checkpoint_file(cfg.ckpt)
-    model = runs.load_model(ckpt)
+    ckpt = checkpoints.checkpoint_file(cfg.ckpt)
+    model = checkpoints.load_model(ckpt)
     if OmegaConf.is_missing(cfg.data, "name"):
         cfg.data.name = model.hparams.data["name"]
     config: EvalConfig = OmegaConf.to_object(cfg)

@@ -19,7 +19,7 @@ from hydra.utils import get_class
 from matplotlib.figure import Figure
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-from mlp_lab import callbacks, cluster, loggers, messages, runs
+from mlp_lab import callbacks, checkpoints, cluster, loggers, messages, runs
 from mlp_lab.callbacks import TrialReport
 from mlp_lab.config import PROFILERS, ConfigError, TrainConfig
 from mlp_lab.data import DataError, MNISTDataModule
@@ -157,7 +157,7 @@ def load_start(cfg: TrainConfig, module: MLPClassifier) -> Path | None:
     """The checkpoint that training continues from (resume's last.ckpt, ckpt_path, or none),
     checked by loading its weights into `module`."""
     if cfg.resume:
-        path = runs.last_checkpoint(cfg.resume)
+        path = checkpoints.last_checkpoint(cfg.resume)
         if not path.is_file() and (Path(cfg.resume) / runs.RECORD).is_file():
             log.info("%s was stopped before its first epoch ended: starting it again", cfg.resume)
             return None
@@ -192,7 +192,8 @@ def fit(trainer, module, dm, start_from: Path | None, run_dir: Path) -> float:
             raise
         done = len(runs.earlier_record(run_dir).get("history", []))
         reason = cluster.stop_reason()
-        saved = f"{done} completed epochs are saved in {runs.last_checkpoint(run_dir)}; continue"
+        last = checkpoints.last_checkpoint(run_dir)
+        saved = f"{done} completed epochs are saved in {last}; continue"
         if not done:
             saved = "no epoch had ended, so none is saved; start it again"
         raise RunInterrupted(

@@ -25,8 +25,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 from PIL import Image, UnidentifiedImageError
 
+from mlp_lab.checkpoints import load_model
 from mlp_lab.cli import CONF_DIR, one_line_errors
-from mlp_lab.runs import RunError, load_model
+from mlp_lab.runs import RunError
 
 if TYPE_CHECKING:  # torch, imported once an image is to be classified
     import torch

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from mlp_lab import runs
+from mlp_lab import directories, runs
 from mlp_lab.runs import Status
 from mlp_lab.sweeps import local
 
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def unfinished(folder: Path) -> tuple[list[Path], list[str]]:
     """The runs under `folder` to resume, and a line for each one left alone, with why."""
     todo, left = [], []
-    for run_dir in runs.find_runs(folder):
+    for run_dir in directories.find_runs(folder):
         record = runs.earlier_record(run_dir)
         config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text()) or {}
         now = runs.status(record) if record else None  # none: it died before it wrote one

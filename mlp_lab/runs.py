@@ -1,4 +1,5 @@
-"""A run's directory and its life: the record, its status and how it moves, checkpoints, resuming.
+"""A run's life: its record, its status and how it moves (its directory: mlp_lab.directories; its
+checkpoints and resuming: mlp_lab.checkpoints).
 
 outputs/runs/<time>/        a run (a sweep's: outputs/multirun/<time>/<n>/)
     metrics.json            the record: status, config, per-epoch history, results
@@ -13,29 +14,18 @@ A run's status moves only here: `start` (a part begins), `add_epoch`, then `fini
 from __future__ import annotations
 
 import collections
-import contextlib
 import enum
-import itertools
 import json
 import os
-import shutil
 import socket
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
-from hydra.experimental.callback import Callback
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-from mlp_lab.cli import override_key
-from mlp_lab.cluster import process_rank, slurm_job
-from mlp_lab.config import ConfigError, TrainConfig
+from mlp_lab.cluster import slurm_job
 
 if TYPE_CHECKING:
-    from mlp_lab.module import MLPClassifier
+    pass
 
 RECORD = "metrics.json"
 CHECKPOINTS = "checkpoints"
@@ -235,6 +225,10 @@ def total_times(parts: list[dict]) -> dict[str, float]:
     return {"wall_time_s": sum(w for w, _ in times), "fit_time_s": sum(f for _, f in times)}
 
 
+def is_run_dir(path: str | Path | None) -> bool:
+    return bool(path) and (Path(path) / ".hydra" / "config.yaml").is_file()
+
+
 def resume_command(path: Path | str) -> str:
     """The one command that continues what stopped: a run in place, or every run under a folder."""
     if is_run_dir(path):
@@ -303,211 +297,3 @@ def summary(endings: list[Status], folder: Path, noun: str = "run", spread: str 
     else:
         then = f"report: python -m mlp_lab.report {folder}"
     return f"{n} {noun}{'s' if n != 1 else ''}{spread}: {told} ({then})"
-
-
-def is_run_dir(path: str | Path | None) -> bool:
-    return bool(path) and (Path(path) / ".hydra" / "config.yaml").is_file()
-
-
-def find_runs(directory: Path) -> list[Path]:
-    """The run directories at or below `directory`, a sweep's jobs in launch order (2 before 10)."""
-
-    def launch_order(path: Path) -> tuple:
-        return (str(path.parent), int(path.name) if path.name.isdigit() else -1, path.name)
-
-    return sorted((p.parent for p in Path(directory).rglob(".hydra")), key=launch_order)
-
-
-def overrides(run_dir: Path) -> dict[str, str]:
-    """The command-line overrides a run was started with, as key: value."""
-    path = Path(run_dir) / ".hydra" / "overrides.yaml"
-    items = (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
-    return {override_key(o): o.split("=", 1)[1] for o in items if "=" in o}
-
-
-_claimed: dict[str, str] = {}
-
-
-def new_dir(parent: str) -> str:
-    """A directory of this command's own under `parent`, named by the time it started.
-
-    Claimed with an atomic mkdir: when the name is taken (runs started in the same second, here or
-    on another machine sharing the filesystem) the next of `<time>_2`, `<time>_3`, ... is.
-    """
-    if parent in _claimed:  # Hydra may resolve the same directory more than once
-        return _claimed[parent]
-    if int(os.environ.get("SLURM_STEP_NUM_TASKS", 1)) > 1:
-        # The tasks of one srun step (DDP under SLURM) are one run: they share the step's name.
-        step = f"slurm-{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', 0)}"
-        path = Path(parent) / step
-        path.mkdir(parents=True, exist_ok=True)
-    else:
-        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-        Path(parent).mkdir(parents=True, exist_ok=True)
-        for n in itertools.count(1):
-            path = Path(parent) / (stamp if n == 1 else f"{stamp}_{n}")
-            try:
-                path.mkdir()
-                break
-            except FileExistsError:
-                continue
-    _claimed[parent] = str(path)
-    return _claimed[parent]
-
-
-def release_unused(used: Path) -> None:
-    """Remove the directories this command claimed but does not use, while still empty.
-
-    OmegaConf resolves a directory setting whenever another config overrides it (a study's or
-    debug's sweep and run directories), and each resolution claims one.
-    """
-    for path in _claimed.values():
-        if Path(path).resolve() != used.resolve():
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
-
-
-def register_resolvers() -> None:
-    """The resolvers conf/ uses to give each run and sweep a directory of its own."""
-    # Cached: one directory per command, however often Hydra reads the setting; the cache travels
-    # with the config to a sweep's job processes. A wrong resume= gets a new directory, where
-    # mlp_lab.train records the error, rather than Hydra creating the mistyped path; a resumed run
-    # keeps the Hydra record of its first start and files its own beside it.
-    OmegaConf.register_new_resolver("new_dir", new_dir, replace=True, use_cache=True)
-    OmegaConf.register_new_resolver(
-        "run_dir",
-        lambda resume, parent: resume if is_run_dir(resume) else new_dir(parent),
-        replace=True,
-        use_cache=True,
-    )
-    OmegaConf.register_new_resolver(
-        "output_subdir",
-        lambda resume, now: f".hydra/resumed_{now}" if is_run_dir(resume) else ".hydra",
-        replace=True,
-    )
-
-
-class RunDirGuard(Callback):
-    """Checked before Hydra writes anything: one run per directory, no resume of a live run."""
-
-    def on_run_start(self, config, **kwargs):
-        if process_rank() != 0:  # DDP's other processes share rank 0's directory
-            return
-        run_dir = Path(config.hydra.run.dir)
-        release_unused(run_dir)
-        record = earlier_record(run_dir)
-        if not record:
-            return
-        resume = config.get("resume")
-        if not (resume and Path(resume).resolve() == run_dir.resolve()):
-            raise SystemExit(
-                f"error: hydra.run.dir={run_dir} already holds a run ({describe(run_dir, record)})"
-                f": continue it with resume={run_dir}, or leave hydra.run.dir out for a new "
-                "directory"
-            )
-        if status(record) is Status.RUNNING:
-            part = record["parts"][-1]
-            raise SystemExit(
-                f"error: resume={resume}: the run is still going (pid {part['pid']} on "
-                f"{part['host']}, last heartbeat {time.time() - part['heartbeat']:.0f} s "
-                "ago); stop it first, or wait for it"
-            )
-
-    def on_multirun_start(self, config, **kwargs):
-        sweep = Path(config.hydra.sweep.dir)
-        release_unused(sweep)
-        taken = [run for run in find_runs(sweep) if (run / RECORD).is_file()]
-        if taken:
-            raise SystemExit(
-                f"error: hydra.sweep.dir={sweep} already holds {len(taken)} runs: give a new "
-                "directory, or leave hydra.sweep.dir out for a new one"
-            )
-
-    def on_multirun_end(self, config, **kwargs):
-        # A search sums its trials up itself; a launcher whose jobs did not all end well, too.
-        if "BasicSweeper" in config.hydra.sweeper._target_:
-            sweep = Path(config.hydra.sweep.dir)
-            jobs = find_runs(sweep)
-            print(summary([ending(run) for run in jobs], sweep, spread=spread(jobs)))
-
-
-def resumed_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
-    """The config a run was started with, and what this command line changes in it."""
-    saved = run_dir / ".hydra" / "config.yaml"
-    if not saved.is_file():
-        raise ConfigError(
-            f"resume={run_dir} is not a run directory (no .hydra/config.yaml): give one of "
-            "outputs/runs/<time>"
-        )
-    changes = [o for o in overrides if not o.startswith(("resume=", "hydra."))]
-    saved_cfg = OmegaConf.load(saved)
-    if "logger" not in saved_cfg:  # saved before conf/logger/, when every run used TensorBoard
-        saved_cfg.logger = {"tensorboard": {}}
-    try:
-        changed = OmegaConf.from_dotlist(changes)
-        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved_cfg, changed)
-    except OmegaConfBaseException as err:
-        raise ConfigError(
-            f"resume: {' '.join(changes)} cannot change the saved config of {run_dir} "
-            f"({str(err).splitlines()[0]}); only key=value overrides such as "
-            "trainer.max_epochs=20 can"
-        ) from None
-    cfg.resume = str(run_dir)
-    return OmegaConf.to_object(cfg)
-
-
-def last_checkpoint(run_dir: Path | str) -> Path:
-    """The checkpoint of a run's latest completed epoch, which `resume=` continues from."""
-    return Path(run_dir) / CHECKPOINTS / "last.ckpt"
-
-
-def checkpoint_file(path: Path | str) -> Path:
-    """A checkpoint file as given, or a run directory's best checkpoint (named in its record)."""
-    path = Path(path)
-    if path.is_dir():
-        try:
-            record = read_record(path)
-        except RunError as err:
-            raise RunError(f"{path} is not a finished mlp_lab run ({err})") from None
-        if "checkpoint" not in record:
-            raise RunError(
-                f"{path} is not a finished run (status {record.get('status')}): give one of its "
-                "checkpoints/*.ckpt, or resume it first"
-            )
-        path = path / record["checkpoint"]
-    if not path.is_file():
-        raise RunError(f"checkpoint {path} not found")
-    return path
-
-
-def load_model(path: Path | str) -> MLPClassifier:
-    """The model of a checkpoint file, or of a run directory's best checkpoint, in eval mode."""
-    # Imported here: every command reads runs before it composes its config, and most never load.
-    import torch
-
-    from mlp_lab.module import MLPClassifier
-
-    path = checkpoint_file(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        hparams = checkpoint.get("hyper_parameters", {})
-    except Exception as err:  # pickle, zip and torch errors alike: not a checkpoint we can read
-        raise RunError(f"{path} is not a checkpoint: {err}") from None
-    if "hidden" in hparams:  # settings kept flat, before they travelled as config sections
-        raise RunError(
-            f"{path} comes from an older mlp_lab (before 0.2): train it again with this version"
-        )
-    if not {"model", "loss", "optimizer", "data"} <= hparams.keys():
-        raise RunError(f"{path} is not an mlp_lab checkpoint (no model or data settings)")
-    return MLPClassifier.load_from_checkpoint(path, map_location="cpu").eval()
-
-
-def discard_unused(run_dir: Path) -> bool:
-    """Remove a run directory that holds only Hydra's record of the command and its log: a config
-    refused before any work. Whether it did."""
-    run_dir = Path(run_dir)
-    written = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else {"?"}
-    if written - {".hydra", "train.log"}:
-        return False
-    shutil.rmtree(run_dir)
-    return True

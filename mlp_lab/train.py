@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.mlp_lab_launcher import LocalLauncher, SlurmLauncher
 from hydra_plugins.mlp_lab_sweeper import OptunaSweeper
-from mlp_lab import cluster, loggers, messages, runs
+from mlp_lab import checkpoints, cluster, directories, loggers, messages, runs
 from mlp_lab.cli import CONF_DIR, one_line_errors, override_key
 from mlp_lab.config import ConfigError, SweeperConfig, TrainConfig, TrainerConfig, checker
 
@@ -114,7 +114,7 @@ def stop(
     leaves no directory; a run that started keeps its record, marked failed or interrupted."""
     message = f"{'stopped' if interrupted else 'error'}: {err}"
     rank_zero = cluster.process_rank() == 0
-    if refused and not multirun and rank_zero and runs.discard_unused(run_dir):
+    if refused and not multirun and rank_zero and directories.discard_unused(run_dir):
         raise SystemExit(message) from None
     if rank_zero:
         (runs.interrupt if interrupted else runs.fail)(run_dir, str(err))
@@ -141,7 +141,7 @@ def checked(cfg: DictConfig, hydra_cfg) -> TrainConfig:
     if hydra_cfg.mode == RunMode.MULTIRUN:
         check_sweep(str(config.trainer.strategy), str(hydra_cfg.launcher.get("_target_")))
     if config.resume:
-        config = runs.resumed_config(Path(config.resume), list(hydra_cfg.overrides.task))
+        config = checkpoints.resumed_config(Path(config.resume), list(hydra_cfg.overrides.task))
     fits_machine(config.trainer)
     return config
 
@@ -210,7 +210,7 @@ def last_line(record: dict, run_dir: Path) -> str:
 
 
 register()
-runs.register_resolvers()
+directories.register_resolvers()
 logging.getLogger("submitit").addFilter(messages.AccountingMissing())
 
 if __name__ == "__main__":

@@ -55,9 +55,9 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_walk_finds_deferred_imports_and_circles():
     graph = {m: imported(m, p) for m, p in SOURCES.items()}
-    # mlp_lab.runs imports mlp_lab.module only inside load_model, hydra_plugins' launcher
+    # mlp_lab.checkpoints imports mlp_lab.module only inside load_model, hydra_plugins' sweeper
     # mlp_lab.sweeps.search only inside its class: both are seen.
-    assert "mlp_lab.module" in graph["mlp_lab.runs"]
+    assert "mlp_lab.module" in graph["mlp_lab.checkpoints"]
     assert "mlp_lab.sweeps.search" in graph["hydra_plugins.mlp_lab_sweeper"]
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
 

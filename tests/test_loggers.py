@@ -24,7 +24,7 @@ from conftest import fast_overrides
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from mlp_lab import loggers, runs
+from mlp_lab import checkpoints, loggers
 from mlp_lab.config import ConfigError
 from mlp_lab.fit import train
 from mlp_lab.loggers import run_settings
@@ -93,7 +93,7 @@ def test_a_run_saved_before_the_logger_group_resumes_with_tensorboard(tmp_path):
     del saved["logger"]
     (tmp_path / ".hydra").mkdir()
     OmegaConf.save(saved, tmp_path / ".hydra" / "config.yaml")
-    assert runs.resumed_config(tmp_path, []).logger == load_config().logger
+    assert checkpoints.resumed_config(tmp_path, []).logger == load_config().logger
 
 
 def test_a_sweep_with_every_logger_reads_back_in_mlflow(synthetic_root, tmp_path):

@@ -7,9 +7,9 @@ from commands import run_module
 from conftest import quiet
 from PIL import Image, ImageDraw
 
+from mlp_lab.checkpoints import load_model
 from mlp_lab.data import load_split
 from mlp_lab.predict import PredictError, predict_images, prepare_image
-from mlp_lab.runs import load_model
 from mlp_lab.train import load_config
 
 

@@ -12,11 +12,12 @@ import torch
 from commands import Command, run_module
 from conftest import classifier, datamodule, fast_overrides, quiet_trainer
 
-from mlp_lab import runs
+from mlp_lab import checkpoints, directories, runs
+from mlp_lab.checkpoints import load_model
 from mlp_lab.data import PROJECT_DIR
 from mlp_lab.module import MLPClassifier
 from mlp_lab.report.studies import find_studies
-from mlp_lab.runs import RunError, Status, load_model
+from mlp_lab.runs import RunError, Status
 
 
 def test_a_checkpoint_that_is_not_mlp_labs_is_refused(tmp_path):
@@ -94,14 +95,14 @@ def test_runs_are_found_in_launch_order_and_overrides_read(tmp_path):
     for n in (10, 2, 1):
         (tmp_path / str(n) / ".hydra").mkdir(parents=True)
     (tmp_path / "2/.hydra/overrides.yaml").write_text("- seed=3\n- +model.dropout=0.1\n")
-    assert runs.find_runs(tmp_path) == [tmp_path / "1", tmp_path / "2", tmp_path / "10"]
-    assert runs.overrides(tmp_path / "2") == {"seed": "3", "model.dropout": "0.1"}
-    assert runs.overrides(tmp_path / "1") == {}
+    assert directories.find_runs(tmp_path) == [tmp_path / "1", tmp_path / "2", tmp_path / "10"]
+    assert directories.overrides(tmp_path / "2") == {"seed": "3", "model.dropout": "0.1"}
+    assert directories.overrides(tmp_path / "1") == {}
 
 
 def claim_at(parent: str, start_at: float) -> None:
     time.sleep(max(0.0, start_at - time.time()))
-    print(runs.new_dir(parent))
+    print(directories.new_dir(parent))
 
 
 def test_commands_started_in_the_same_second_claim_a_directory_each(tmp_path):
@@ -116,14 +117,14 @@ def test_commands_started_in_the_same_second_claim_a_directory_each(tmp_path):
 
 
 def test_a_taken_name_gives_the_next_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(runs, "_claimed", {})
+    monkeypatch.setattr(directories, "_claimed", {})
     stamp = datetime.now()
     for seconds in range(3):  # whichever second new_dir reads, its plain name is taken
         taken = (stamp + timedelta(seconds=seconds)).strftime("%Y-%m-%d_%H-%M-%S")
         (tmp_path / taken).mkdir()
-    path = Path(runs.new_dir(str(tmp_path)))
+    path = Path(directories.new_dir(str(tmp_path)))
     assert path.name.endswith("_2") and path.is_dir()
-    assert runs.new_dir(str(tmp_path)) == str(path)  # asked again, the same directory
+    assert directories.new_dir(str(tmp_path)) == str(path)  # asked again, the same directory
 
 
 def test_a_record_of_a_dead_process_is_reported_killed(tmp_path):
@@ -175,19 +176,19 @@ def test_runs_started_together_each_keep_their_own_directory(synthetic_root, tmp
     for proc in procs:
         err = proc.communicate(timeout=300)[1]
         assert proc.returncode == 0, err[-2000:]
-    run_dirs = runs.find_runs(tmp_path / "outputs/runs")
+    run_dirs = directories.find_runs(tmp_path / "outputs/runs")
     records = {run: runs.read_record(run) for run in run_dirs}
     assert sorted(r["config"]["seed"] for r in records.values()) == [0, 1, 2, 3]
     for run, record in records.items():
         # The run's own last checkpoint: its history, and its weights give the recorded val loss.
-        checkpoint = torch.load(runs.last_checkpoint(run), weights_only=False)
+        checkpoint = torch.load(checkpoints.last_checkpoint(run), weights_only=False)
         assert checkpoint["epoch_history"] == record["history"]
         dm = datamodule(
             "fashion_mnist", synthetic_root, val_size=200, seed=record["config"]["seed"]
         )
         dm.setup()
         x, y = dm.splits["val"]
-        model = MLPClassifier.load_from_checkpoint(runs.last_checkpoint(run)).eval()
+        model = MLPClassifier.load_from_checkpoint(checkpoints.last_checkpoint(run)).eval()
         with torch.no_grad():
             loss = torch.nn.functional.cross_entropy(model(x), y).item()
         assert loss == pytest.approx(record["history"][-1]["val_loss"], abs=1e-5)
@@ -206,7 +207,7 @@ def test_sweeps_started_together_each_keep_their_own_directory(synthetic_root, t
     sweeps = sorted((tmp_path / "outputs/multirun").iterdir())
     assert len(sweeps) == 2
     for sweep in sweeps:
-        records = [runs.read_record(run) for run in runs.find_runs(sweep)]
+        records = [runs.read_record(run) for run in directories.find_runs(sweep)]
         assert [(r["status"], r["config"]["seed"]) for r in records] == [
             ("completed", 1),
             ("completed", 2),
@@ -289,8 +290,8 @@ def test_sigkill_anywhere_then_resume_ends_as_an_uninterrupted_run(synthetic_roo
     assert [{k: v for k, v in e.items() if k not in strip} for e in record["history"]] == [
         {k: v for k, v in e.items() if k not in strip} for e in reference["history"]
     ]
-    a = torch.load(runs.last_checkpoint(killed), weights_only=False)["state_dict"]
-    b = torch.load(runs.last_checkpoint(whole), weights_only=False)["state_dict"]
+    a = torch.load(checkpoints.last_checkpoint(killed), weights_only=False)["state_dict"]
+    b = torch.load(checkpoints.last_checkpoint(whole), weights_only=False)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert record["test_acc"] == reference["test_acc"]
     # Every start of the run is a part, and its times are their sums.

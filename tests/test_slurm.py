@@ -11,7 +11,7 @@ from commands import Command, run_module
 from conftest import assert_checkpoint_scores, fast_overrides, quiet
 from slurm_cluster import SlurmCluster, unavailable
 
-from mlp_lab import messages, runs
+from mlp_lab import directories, messages, runs
 from mlp_lab.trial import open_storage
 
 State = optuna.trial.TrialState
@@ -126,7 +126,7 @@ def test_ddp_whose_two_processes_slurm_starts_logs_the_val_acc_of_its_checkpoint
     run_args = [*quiet(real_data_root, "trainer.max_epochs=1"), f"hydra.sweep.dir={sweep}"]
     result = submit(cluster, "-m", *ddp, *run_args)
     assert result.returncode == 0, result.stderr[-3000:]
-    (run,) = runs.find_runs(sweep)
+    (run,) = directories.find_runs(sweep)
     record = runs.read_record(run)  # one run, written by rank 0 alone
     assert record["status"] == "completed" and len(record["parts"]) == 1
     # Lightning took each process's rank and the world size from SLURM's environment; each task

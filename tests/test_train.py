@@ -15,12 +15,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from mlp_lab import runs
+from mlp_lab.checkpoints import resumed_config
 from mlp_lab.config import ConfigError
 from mlp_lab.data import idx_files, load_split
 from mlp_lab.fit import train
 from mlp_lab.module import MLPClassifier, TrainingDiverged
 from mlp_lab.report.studies import find_studies
-from mlp_lab.runs import resumed_config
 from mlp_lab.train import load_config
 
 RECORD_KEYS = {

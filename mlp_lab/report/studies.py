@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from mlp_lab import runs
+from mlp_lab import directories, runs
 from mlp_lab.loggers import is_logistics
 
 # Overrides that choose or carry out a sweep besides its settings' logistics: none changes a run.
@@ -48,10 +48,10 @@ def find_studies(dirs: list[Path]) -> list[Study]:
     for directory in dirs:
         if not directory.is_dir():
             raise FileNotFoundError(f"{directory} is not a directory")
-        for run_dir in runs.find_runs(directory):
+        for run_dir in directories.find_runs(directory):
             is_job = (run_dir.parent / "multirun.yaml").is_file()
             home = run_dir.parent if is_job else run_dir
-            overrides = runs.overrides(run_dir)
+            overrides = directories.overrides(run_dir)
             name = overrides.get("experiment") or home.name
             study = studies.setdefault(home, Study(name, home))
             try:

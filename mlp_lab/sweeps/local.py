@@ -30,7 +30,7 @@ from hydra.errors import CompactHydraException
 from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf, open_dict
 
-from mlp_lab import cluster, runs
+from mlp_lab import cluster, directories, runs
 from mlp_lab.messages import first_line
 from mlp_lab.runs import Status
 
@@ -276,7 +276,7 @@ def end_of_sweep(config, told: list[Status], sweep_dir: Path, returns: list[JobR
     printed by RunDirGuard.on_multirun_end. A search sums its trials up itself."""
     whole_sweep = "BasicSweeper" in config.hydra.sweeper._target_
     if whole_sweep and not all(e.ended for e in told):
-        spread = runs.spread(runs.find_runs(sweep_dir))
+        spread = runs.spread(directories.find_runs(sweep_dir))
         raise SweepIncomplete(runs.summary(told, sweep_dir, spread=spread))
     return returns
 

@@ -31,7 +31,7 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from mlp_lab import runs
+from mlp_lab import directories, runs
 from mlp_lab.cluster import submitit_launcher
 from mlp_lab.config import ConfigError, PrunerConfig, SweeperConfig
 from mlp_lab.runs import Status
@@ -177,7 +177,7 @@ class OptunaSweeper(Sweeper):
             log.info("Best value: %s (trial %d)", best.value, best.number)
             results = {"best_params": best.params, "best_value": best.value}
             (self.sweep_dir / "optimization_results.yaml").write_text(yaml.safe_dump(results))
-        trials = [d for d in runs.find_runs(self.sweep_dir) if ".workers" not in d.parts]
+        trials = [d for d in directories.find_runs(self.sweep_dir) if ".workers" not in d.parts]
         print(runs.summary([runs.ending(d) for d in trials], self.sweep_dir, noun="trial"))
 
     def _work(self, worker: int, space: dict, fixed: list[str], slots: Path, launcher) -> None:
