@@ -29,7 +29,7 @@ import torch
 
 from benchmarks.variants import LAB_WORKERS, QUICK_IMAGES, VARIANTS, device, sync
 from mlp_lab import cluster
-from mlp_lab.data import PROJECT_DIR
+from mlp_lab.datasets import PROJECT_DIR
 
 log = logging.getLogger(__name__)
 

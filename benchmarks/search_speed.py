@@ -23,7 +23,7 @@ from pathlib import Path
 
 # fit, imported once here, brings torch and Lightning to every forked search.
 from mlp_lab import directories, fit, runs, train  # noqa: F401
-from mlp_lab.data import PROJECT_DIR
+from mlp_lab.datasets import PROJECT_DIR
 
 SEARCHES = {
     "1": ("no pruning, 1 worker x 2 threads", ["hydra.sweeper.pruner.name=none", "num_threads=2"]),

@@ -1,8 +1,6 @@
-"""Typed schemas of `conf/`: Hydra checks types while composing, `__post_init__` checks values.
-
-Neither needs torch: `--help`, a misspelt key, a wrong value and `--cfg` answer in a second. What
-the machine has (GPUs, bf16 instructions) is no schema's business: the command asks
-(`mlp_lab.train.fits_machine`), so a config means the same on every machine.
+"""Typed schemas of `conf/`: Hydra checks types while composing, `__post_init__` checks values,
+without torch (`--help`, a misspelt key and `--cfg` answer in a second) and without asking what the
+machine has: the command does (`mlp_lab.train.fits_machine`), so a config means the same anywhere.
 """
 
 from __future__ import annotations
@@ -14,9 +12,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
-# The names a value may take, each with what implements it as a dotted path (Hydra's get_class
-# imports it where it is built): the one list of each, which the checks here read without torch
-# and mlp_lab.data, model, losses, module and fit build from.
+# The one list of the names each value may take, with what implements each as a dotted path: the
+# checks read the names without torch; datasets, model, losses, module and fit get_class the paths.
 DATASETS = {
     "mnist": "torchvision.datasets.MNIST",
     "fashion_mnist": "torchvision.datasets.FashionMNIST",

@@ -148,7 +148,7 @@ def main(cfg: DictConfig) -> None:
     messages.quiet_lightning()
     # Lightning's lines (devices, tips), logged once it is imported: noise in a one-line command.
     logging.disable(logging.INFO)
-    from mlp_lab.data import DataError
+    from mlp_lab.datasets import DataError
 
     try:
         record, path = run(cfg)

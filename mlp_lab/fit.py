@@ -22,7 +22,8 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 from mlp_lab import callbacks, checkpoints, cluster, loggers, messages, runs
 from mlp_lab.callbacks import TrialReport
 from mlp_lab.config import PROFILERS, ConfigError, TrainConfig
-from mlp_lab.data import DataError, MNISTDataModule
+from mlp_lab.data import MNISTDataModule
+from mlp_lab.datasets import DataError
 from mlp_lab.figures import plot_confusion, plot_curves, plot_predictions
 from mlp_lab.messages import autograd_found_nan, first_line, out_of_memory
 from mlp_lab.module import MLPClassifier, TrainingDiverged

@@ -142,7 +142,7 @@ def predict_images(model: MLPClassifier, images: list[str], top: int = 3) -> int
 def predict_test_images(model: MLPClassifier, n: int, out: Path) -> Path:
     """The first n test images of the checkpoint's dataset, drawn as a "true / pred" grid."""
     # Lightning and matplotlib, which the dataset and the figure bring, only for this grid.
-    from mlp_lab.data import default_root, fetch, load_split
+    from mlp_lab.datasets import default_root, fetch, load_split
     from mlp_lab.figures import plot_predictions
 
     dataset = model.hparams.data["name"]
@@ -184,7 +184,7 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(1)
     # Lightning's lines (devices, tips), logged once it is imported: noise in a one-line command.
     logging.disable(logging.INFO)
-    from mlp_lab.data import DataError
+    from mlp_lab.datasets import DataError
 
     try:
         model = load_model(config.ckpt)

@@ -13,14 +13,8 @@ import torch
 import yaml
 
 from mlp_lab.config import DataConfig
-from mlp_lab.data import (
-    IMAGE_MAGIC,
-    LABEL_MAGIC,
-    PROJECT_DIR,
-    MNISTDataModule,
-    default_root,
-    idx_files,
-)
+from mlp_lab.data import MNISTDataModule
+from mlp_lab.datasets import IMAGE_MAGIC, LABEL_MAGIC, PROJECT_DIR, default_root, idx_files
 from mlp_lab.module import MLPClassifier
 from mlp_lab.train import load_config
 

@@ -333,7 +333,7 @@ def test_the_names_a_check_allows_are_the_names_implemented():
     from lightning.pytorch.profilers import Profiler
     from torchvision.datasets import VisionDataset
 
-    from mlp_lab import config, data, model
+    from mlp_lab import config, datasets, model
 
     kinds = {
         "DATASETS": VisionDataset,
@@ -345,7 +345,7 @@ def test_the_names_a_check_allows_are_the_names_implemented():
     for table, kind in kinds.items():
         for name, path in getattr(config, table).items():
             assert issubclass(get_class(path), kind), (table, name)
-    assert list(data.DATASETS) == list(config.DATASETS)
+    assert list(datasets.DATASETS) == list(config.DATASETS)
     assert [type(model.build_activation(n)) for n in config.ACTIVATIONS] == [
         get_class(p) for p in config.ACTIVATIONS.values()
     ]

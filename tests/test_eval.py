@@ -15,7 +15,7 @@ from conftest import (
 from hydra import compose, initialize_config_dir
 
 from mlp_lab.checkpoints import load_model
-from mlp_lab.data import idx_files
+from mlp_lab.datasets import idx_files
 from mlp_lab.eval import run, save
 from mlp_lab.fit import train
 from mlp_lab.module import MLPClassifier

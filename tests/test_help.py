@@ -3,7 +3,7 @@ import re
 import pytest
 from commands import run_module
 
-from mlp_lab.data import PROJECT_DIR
+from mlp_lab.datasets import PROJECT_DIR
 
 GROUPS = [
     p.name for p in sorted((PROJECT_DIR / "conf").iterdir()) if p.is_dir() and p.name != "hydra"

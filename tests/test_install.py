@@ -14,7 +14,7 @@ import pytest
 from conftest import fast_overrides
 from PIL import Image
 
-from mlp_lab.data import PROJECT_DIR
+from mlp_lab.datasets import PROJECT_DIR
 
 SITE = sysconfig.get_paths()["purelib"]  # torch, Lightning, Hydra, ...: this environment's
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mlp_lab.data import PROJECT_DIR
+from mlp_lab.datasets import PROJECT_DIR
 from mlp_lab.runs import Status
 
 PACKAGES = ("mlp_lab", "hydra_plugins", "benchmarks")
@@ -89,6 +89,12 @@ def test_no_function_is_longer_than_a_reader_finishes():
                 lines = node.end_lineno - node.lineno + 1
                 if lines > 60:
                     long.append(f"{module}.{node.name}: {lines} lines")
+    assert long == []
+
+
+def test_no_module_is_longer_than_one_job_needs():
+    lines = {m: len(p.read_text().splitlines()) for m, p in SOURCES.items()}
+    long = [f"{m}: {n} lines" for m, n in lines.items() if m.startswith("mlp_lab") and n > 400]
     assert long == []
 
 

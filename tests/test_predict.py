@@ -8,7 +8,7 @@ from conftest import quiet
 from PIL import Image, ImageDraw
 
 from mlp_lab.checkpoints import load_model
-from mlp_lab.data import load_split
+from mlp_lab.datasets import load_split
 from mlp_lab.predict import PredictError, predict_images, prepare_image
 from mlp_lab.train import load_config
 

@@ -15,7 +15,7 @@ from matplotlib.image import imread
 from omegaconf import OmegaConf
 from scipy import stats
 
-from mlp_lab.data import PROJECT_DIR
+from mlp_lab.datasets import PROJECT_DIR
 from mlp_lab.report.complexity import complexity, interpolation_line, plot_complexity
 from mlp_lab.report.plots import plot_study
 from mlp_lab.report.studies import Run, compare, find_studies, seed_of, variants

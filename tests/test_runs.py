@@ -14,7 +14,7 @@ from conftest import classifier, datamodule, fast_overrides, quiet_trainer
 
 from mlp_lab import checkpoints, directories, runs
 from mlp_lab.checkpoints import load_model
-from mlp_lab.data import PROJECT_DIR
+from mlp_lab.datasets import PROJECT_DIR
 from mlp_lab.module import MLPClassifier
 from mlp_lab.report.studies import find_studies
 from mlp_lab.runs import RunError, Status

@@ -17,7 +17,7 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from mlp_lab import runs
 from mlp_lab.checkpoints import resumed_config
 from mlp_lab.config import ConfigError
-from mlp_lab.data import idx_files, load_split
+from mlp_lab.datasets import idx_files, load_split
 from mlp_lab.fit import train
 from mlp_lab.module import MLPClassifier, TrainingDiverged
 from mlp_lab.report.studies import find_studies
