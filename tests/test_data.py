@@ -229,7 +229,8 @@ def test_label_count_must_match_image_count(tmp_path):
 
 
 def test_check_idx_counts_items(synthetic_root):
-    assert check_idx(synthetic_root / "MNIST/raw" / idx_files("test")[0], datasets.IMAGE_MAGIC) == 200
+    images = synthetic_root / "MNIST/raw" / idx_files("test")[0]
+    assert check_idx(images, datasets.IMAGE_MAGIC) == 200
 
 
 def test_missing_dataset_names_path_and_fix(tmp_path, monkeypatch):
