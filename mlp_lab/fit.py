@@ -89,6 +89,7 @@ def _train(cfg: TrainConfig, run_dir: Path, lead: Sequence[str], label: str) -> 
         kept["started_from"] = str(start_from)
     preds, matrix = confusion(module, dm)
     kept["test_confusion"] = {"classes": dm.class_names, "counts": matrix.tolist()}
+    kept["images"] = {split: len(labels) for split, (_, labels) in dm.splits.items()}
     record = runs.finish(run_dir, record, pruned(trainer), times, **kept)
     figures = draw(dm, preds, matrix, record["history"], run_dir)
     finals = {f"final/{k}": record[k] for k in ("best_val_acc", "test_acc", "test_loss")}

@@ -53,6 +53,10 @@ def test_report_answers_the_studys_question_from_real_runs(synthetic_root, tmp_p
     for setting in ("data.name=fashion_mnist", "data.batch_size=64", "trainer.max_epochs=3"):
         assert f"`{setting}`" in held
     assert "**Varied:** `model.batch_norm`: false, true; over seeds 0, 1, 2." in text
+    # Each record keeps the images its splits held: an epoch is 2 × 268,800 multiply-adds ×
+    # (3 × 1,000 training + 200 validation images) = 1.7 GFLOP.
+    rows = [line for line in text.splitlines() if line.startswith("| model.batch_norm=")]
+    assert len(rows) == 2 and all(row.split(" | ")[3:5] == ["3", "1.7"] for row in rows)
     (study,) = find_studies([sweep])
     on, off = (
         {run.record["config"]["seed"]: run.record for run in study.runs

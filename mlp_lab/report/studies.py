@@ -136,9 +136,12 @@ def epoch_flops(run: Run) -> float | None:
     data, trainer = config["data"], config["trainer"]
     widths = [PIXELS, *config["model"]["hidden"], CLASSES]
     macs = sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
-    train = data.get("train_size") or OFFICIAL_TRAIN - data["val_size"]
+    # The images each split held (recorded since 2026-12-07), else the official split's.
+    images = run.record.get("images") or {}
+    train = images.get("train") or data.get("train_size") or OFFICIAL_TRAIN - data["val_size"]
     train = _limited(train, trainer.get("limit_train_batches"), data["batch_size"])
-    val = _limited(data["val_size"], trainer.get("limit_val_batches"), data["eval_batch_size"])
+    val = images.get("val") or data["val_size"]
+    val = _limited(val, trainer.get("limit_val_batches"), data["eval_batch_size"])
     return 2 * macs * (3 * train + val)
 
 
