@@ -251,7 +251,8 @@ class MNISTDataModule(L.LightningDataModule):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m mlp_lab.data", description=__doc__)
+    fetches = __doc__.split("\n\n", 1)[1]  # the command's paragraph of the module's words
+    parser = argparse.ArgumentParser(prog="python -m mlp_lab.data", description=fetches)
     parser.add_argument(
         "--from",
         dest="sources",

@@ -161,4 +161,9 @@ def discard_unused(run_dir: Path) -> bool:
     if written - {".hydra", "train.log"}:
         return False
     shutil.rmtree(run_dir)
+    here = Path.cwd().resolve()
+    for parent in run_dir.resolve().parents[:2]:  # outputs/runs/, outputs/, where left empty
+        if here in parent.parents:  # never the working directory, nor above it
+            with contextlib.suppress(OSError):
+                parent.rmdir()
     return True

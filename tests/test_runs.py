@@ -325,3 +325,15 @@ def test_a_live_run_is_not_resumed_and_a_killed_one_is_reported(synthetic_root, 
         f"killed in epoch {done + 1}: resume with `python -m mlp_lab.train resume={run}`"
     )
     assert not list((run / ".hydra").glob("resumed_*"))  # the refused resume wrote nothing
+
+
+def test_a_refused_run_leaves_its_folder_as_it_found_it(tmp_path):
+    # Its directory is claimed (outputs/runs/<time>/) while the config resolves; refused, the
+    # command removes it and the folders it made for it, never the working directory.
+    (tmp_path / "mine").mkdir()
+    result = run_module("mlp_lab.train", "optimizer.lr=-1")
+    assert result.returncode == 1 and result.stderr.startswith("error: optimizer.lr=-1.0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+    (tmp_path / "outputs/runs/kept").mkdir(parents=True)  # a folder of the user's stays
+    assert run_module("mlp_lab.train", "optimizer.lr=-1").returncode == 1
+    assert (tmp_path / "outputs/runs/kept").is_dir()
