@@ -4,7 +4,6 @@ guarded against a second run (RunDirGuard), found again (`find_runs`), removed w
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import shutil
@@ -69,7 +68,7 @@ def new_dir(parent: str) -> str:
         for n in itertools.count(1):
             path = Path(parent) / (stamp if n == 1 else f"{stamp}_{n}")
             try:
-                path.mkdir()
+                path.mkdir(parents=True)  # a refused run may have removed its empty parent
                 break
             except FileExistsError:
                 continue
@@ -85,8 +84,20 @@ def release_unused(used: Path) -> None:
     """
     for path in _claimed.values():
         if Path(path).resolve() != used.resolve():
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
+            remove_empty(Path(path))
+
+
+def remove_empty(path: Path) -> None:
+    """Remove `path` and the folders above it that this leaves empty, below the working directory
+    (never it, nor anything above it)."""
+    here = Path.cwd().resolve()
+    for folder in [path.resolve(), *path.resolve().parents]:
+        if here not in folder.parents:
+            return
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or gone already
+            return
 
 
 def register_resolvers() -> None:
@@ -161,9 +172,5 @@ def discard_unused(run_dir: Path) -> bool:
     if written - {".hydra", "train.log"}:
         return False
     shutil.rmtree(run_dir)
-    here = Path.cwd().resolve()
-    for parent in run_dir.resolve().parents[:2]:  # outputs/runs/, outputs/, where left empty
-        if here in parent.parents:  # never the working directory, nor above it
-            with contextlib.suppress(OSError):
-                parent.rmdir()
+    remove_empty(run_dir.parent)  # outputs/runs/, outputs/, where made for it alone
     return True

@@ -333,6 +333,9 @@ def test_a_refused_run_leaves_its_folder_as_it_found_it(tmp_path):
     (tmp_path / "mine").mkdir()
     result = run_module("mlp_lab.train", "optimizer.lr=-1")
     assert result.returncode == 1 and result.stderr.startswith("error: optimizer.lr=-1.0")
+    # A study given without -m: its sweep directory was claimed too (outputs/multirun/<time>/).
+    result = run_module("mlp_lab.train", "experiment=batch_norm")
+    assert result.returncode == 1 and "run it with -m" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
     (tmp_path / "outputs/runs/kept").mkdir(parents=True)  # a folder of the user's stays
     assert run_module("mlp_lab.train", "optimizer.lr=-1").returncode == 1
