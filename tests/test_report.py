@@ -19,7 +19,7 @@ from mlp_lab.datasets import PROJECT_DIR
 from mlp_lab.report.complexity import complexity, interpolation_line, plot_complexity
 from mlp_lab.report.plots import plot_study
 from mlp_lab.report.studies import Run, compare, find_studies, seed_of, variants
-from mlp_lab.report.write import study_table, write_report
+from mlp_lab.report.write import link_events, study_table, write_report
 from mlp_lab.train import load_config
 
 
@@ -470,3 +470,9 @@ def test_tensorboard_lists_a_labs_runs_by_study_variant_and_seed(tmp_path):
     assert [float(e.tensor_proto.float_val[0]) for e in events] == pytest.approx([0.8])
     label = tmp_path / "lab/dropout/3/tensorboard/model.dropout=[2]/seed=10"
     assert Path(board.RunPaths()[run]).resolve() == label.resolve() and label.is_dir()
+    # Linked again (a second report written into the folder at once): the same link, not two.
+    events = tmp_path / "lab/dropout/3/tensorboard/model.dropout=[2]/seed=10"
+    link = tmp_path / "lab/tensorboard" / run
+    link_events(link, events, "3")
+    assert sorted(p.name for p in link.parent.iterdir()) == ["seed=0", "seed=10"]
+    assert link.resolve() == events.resolve()

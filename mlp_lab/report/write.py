@@ -5,6 +5,7 @@ the runs' TensorBoard events linked by study, variant and seed."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import shutil
@@ -109,10 +110,19 @@ def link_dashboard(studies: list[Study], logdir: Path) -> None:
                     continue
                 variant = v.label.replace(", ", ",").replace("/", "_")
                 link = logdir / study.name / variant / f"seed={seed_of(run)}"
-                if link.is_symlink():  # the same variant and seed run twice: both shown
-                    link = link.with_name(f"{link.name},run={run.path.name}")
-                link.parent.mkdir(parents=True, exist_ok=True)
-                link.symlink_to(os.path.relpath(events[0], link.parent), target_is_directory=True)
+                link_events(link, events[0], run.path.name)
+
+
+def link_events(link: Path, events: Path, run_name: str) -> None:
+    """`link` to a run's events directory; where it links another run already (the same variant
+    and seed run twice), `<link>,run=<run_name>` instead."""
+    target = os.path.relpath(events, link.parent)
+    if link.is_symlink() and os.readlink(link) != target:
+        link = link.with_name(f"{link.name},run={run_name}")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    # A report written into the same folder at once may have linked this run already.
+    with contextlib.suppress(FileExistsError):
+        link.symlink_to(target, target_is_directory=True)
 
 
 HOW_TO_READ = (
