@@ -69,8 +69,8 @@ def run_search(key: str, args, work: Path) -> dict:
     # A worker is busy while one of its trials runs; after its last one it has nothing to claim.
     busy, last_end = defaultdict(float), defaultdict(float)
     for record in records:
-        part = record["parts"][-1]
-        seconds = runs.part_times(part)[0]
+        part = record["attempts"][-1]
+        seconds = runs.attempt_times(part)[0]
         busy[part["pid"]] += seconds
         last_end[part["pid"]] = max(last_end[part["pid"]], part["started"] + seconds)
     return {

@@ -1,5 +1,4 @@
-"""The Lightning callbacks of a run: its checkpoints and record, early stopping, a search's trial
-report, and the progress bar. `for_run` picks them from the config."""
+"""The Lightning callbacks of a run, picked from its config by `for_run`."""
 
 from __future__ import annotations
 
@@ -37,9 +36,7 @@ class EpochCheckpoint(ModelCheckpoint):
 
 
 def checkpoints(run_dir: Path) -> list[ModelCheckpoint]:
-    """The best-val checkpoint (first: `trainer.checkpoint_callback`) and last.ckpt, both saved at
-    the epoch's very end, once its training metrics are logged: a checkpoint holds whole epochs,
-    and resuming starts the next one."""
+    """The best-val checkpoint and last.ckpt, saved at the very end of each epoch."""
     best = EpochCheckpoint(
         dirpath=run_dir / runs.CHECKPOINTS,
         filename="epoch{epoch:02d}-val_acc{val/acc:.4f}",
@@ -62,9 +59,7 @@ def checkpoints(run_dir: Path) -> list[ModelCheckpoint]:
 
 
 class RunRecord(L.Callback):
-    """Keeps the per-epoch history and writes the run's record after every epoch (rank 0's; under
-    DDP the others have none). Every checkpoint carries the history and the random state, so a
-    resumed run continues both."""
+    """Writes the record after every epoch; checkpoints carry the history and random state."""
 
     def __init__(self, run_dir: Path, record: dict | None, verbose: bool = False):
         self.run_dir, self.record, self.verbose = run_dir, record, verbose
@@ -136,8 +131,7 @@ def slow_start_causes(cfg: TrainConfig) -> list[str]:
 
 
 class SlowStart(L.Callback):
-    """One warning when validation accuracy is still near chance after a few epochs, naming the
-    likely causes in the run's settings."""
+    """One warning, naming likely causes, when val/acc is still near chance."""
 
     EPOCHS = 3
 
@@ -216,8 +210,7 @@ class RichEpochBar(RichProgressBar):
 
 
 def bar_shown(cfg: TrainConfig) -> bool:
-    """Whether the run draws a progress bar: when asked to, on a terminal. Written to a file, a bar
-    is a line per refresh; the record's line per epoch says it there instead."""
+    """Whether a progress bar is drawn: when asked to, on a terminal."""
     return cfg.trainer.enable_progress_bar and sys.stderr.isatty()
 
 
@@ -234,8 +227,7 @@ def display(cfg: TrainConfig) -> list[L.Callback]:
 
 
 def for_run(cfg: TrainConfig, run_dir: Path, record: dict | None) -> list[L.Callback]:
-    """A run's callbacks: checkpoints, the record (a line per epoch without a progress bar), early
-    stopping and a search's trial report when asked for, and the display."""
+    """A run's callbacks: checkpoints, record, early stopping, trial report, display."""
     chosen = [
         *checkpoints(run_dir),
         RunRecord(run_dir, record, verbose=not bar_shown(cfg)),

@@ -1,5 +1,4 @@
-"""A run's checkpoints read back: the config to resume it with, its last and best checkpoints, the
-model of one."""
+"""A run's checkpoints read back: its config to resume with, its last and best, a model."""
 
 from __future__ import annotations
 
@@ -25,12 +24,9 @@ def resumed_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
             "outputs/runs/<time>"
         )
     changes = [o for o in overrides if not o.startswith(("resume=", "hydra."))]
-    saved_cfg = OmegaConf.load(saved)
-    if "logger" not in saved_cfg:  # saved before conf/logger/, when every run used TensorBoard
-        saved_cfg.logger = {"tensorboard": {}}
     try:
         changed = OmegaConf.from_dotlist(changes)
-        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved_cfg, changed)
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(saved), changed)
     except OmegaConfBaseException as err:
         raise ConfigError(
             f"resume: {' '.join(changes)} cannot change the saved config of {run_dir} "
@@ -78,10 +74,6 @@ def load_model(path: Path | str) -> MLPClassifier:
         hparams = checkpoint.get("hyper_parameters", {})
     except Exception as err:  # pickle, zip and torch errors alike: not a checkpoint we can read
         raise RunError(f"{path} is not a checkpoint: {err}") from None
-    if "hidden" in hparams:  # settings kept flat, before they travelled as config sections
-        raise RunError(
-            f"{path} comes from an older mlp_lab (before 0.2): train it again with this version"
-        )
     if not {"model", "loss", "optimizer", "data"} <= hparams.keys():
         raise RunError(f"{path} is not an mlp_lab checkpoint (no model or data settings)")
     return MLPClassifier.load_from_checkpoint(path, map_location="cpu").eval()

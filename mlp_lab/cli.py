@@ -1,9 +1,4 @@
-"""What every command line of mlp_lab shares: a config Hydra cannot compose ends in one line.
-
-Hydra reports a misspelt key, option or value in 6 to 15 lines ending in "Set the environment
-variable HYDRA_FULL_ERROR=1"; `one_line_errors` restates each as one `error:` line naming the key
-and the fix.
-"""
+"""What every command line shares: a config Hydra cannot compose ends in one `error:` line."""
 
 from __future__ import annotations
 
@@ -29,8 +24,7 @@ CONF_DIR = str(next((d for d in (_PACKAGE / "conf",) if d.is_dir()), _PACKAGE.pa
 
 
 def schema_keys(schema: type, prefix: str = "") -> Iterator[tuple[str, bool]]:
-    """Every dotted key of a dataclass schema, nested sections expanded, each with whether it is
-    a section that may be null (off until an option sets it)."""
+    """Every dotted key of a schema, each with whether it is a section that may be null."""
     hints = typing.get_type_hints(schema)
     for field in dataclasses.fields(schema):
         hint, key = hints[field.name], f"{prefix}{field.name}"
@@ -69,9 +63,7 @@ def setting_in_a_section_that_is_off(overrides: list[str], schema: type) -> str 
 
 
 def not_a_setting(key: str, command: str, schema: type | None) -> str:
-    """The error line for a key that is no setting, with the closest one. Hydra names only the
-    first part of a misspelt section (`modle` of `modle.hidden`): the command line's whole key is
-    matched."""
+    """The error line for a key that is no setting, with the closest one."""
     given = [override_key(o) for o in sys.argv[1:]]
     key = next((k for k in given if k.startswith(f"{key}.")), key)
     close = difflib.get_close_matches(key, setting_names(schema) if schema else [], n=1)
@@ -81,8 +73,7 @@ def not_a_setting(key: str, command: str, schema: type | None) -> str:
 
 
 def added_key_that_is_no_setting(overrides: list[str], command: str, schema: type) -> str | None:
-    """The error line for the first `+key=` or `++key=` naming no setting, which Hydra would add
-    to the config unused."""
+    """The error line for the first `+key=` that names no setting."""
     known = setting_names(schema)
     groups = {p.relative_to(CONF_DIR).as_posix() for p in Path(CONF_DIR).rglob("*") if p.is_dir()}
     for override in overrides:
@@ -130,8 +121,7 @@ def explain(err: Exception, command: str, schema: type | None = None) -> str:
 
 
 def one_line_errors(command_name: str, schema: type | None = None) -> Callable:
-    """Wrap the `@hydra.main` function of `python -m command_name` so that composition errors end
-    it in one line; `schema`, its config dataclass, suggests the key meant by a misspelt one."""
+    """Make composition errors of `python -m command_name` end in one line."""
 
     def wrap(main: Callable) -> Callable:
         @functools.wraps(main)

@@ -1,5 +1,4 @@
-"""Where a process runs: the machine and its accelerators, its SLURM job (hydra/launcher=slurm),
-its rank in a DDP run, and why SLURM stopped it."""
+"""Where a process runs: the machine, its accelerators, its SLURM job and DDP rank."""
 
 from __future__ import annotations
 
@@ -43,8 +42,7 @@ def cpu_bf16() -> list[str]:
 
 
 def bf16_slower(accelerator: str) -> str | None:
-    """Why bf16 autocast would run slower than float32 here (a CPU without bf16 instructions), or
-    None where it runs on a GPU or such a CPU."""
+    """Why bf16 autocast would run slower than float32 here, or None."""
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not cuda_gpus() and not apple_gpu())
     if not on_cpu or cpu_bf16():
         return None
@@ -55,8 +53,7 @@ def bf16_slower(accelerator: str) -> str | None:
 
 
 def cuda_gpus() -> int:
-    """The CUDA GPUs this process may use: none without NVIDIA's driver (read without torch), else
-    as torch counts them (NVML's count: CUDA itself is not initialised)."""
+    """The CUDA GPUs this process may use; 0 without NVIDIA's driver, asked without torch."""
     if not Path("/proc/driver/nvidia/gpus").is_dir() and not list(
         Path("/dev").glob("nvidia[0-9]*")
     ):
@@ -138,9 +135,7 @@ class _TimeLimit:
 
 @contextmanager
 def stop_before_time_limit():
-    """SLURM's warning of the time limit stops training at the end of the batch, as SIGTERM does,
-    so that the run's record and checkpoints are whole when the job ends; before training starts,
-    it only marks the run, which SLURM's SIGTERM at the limit then stops."""
+    """SLURM's time-limit warning stops training at the batch's end, as SIGTERM does."""
     if slurm_job() is None:
         yield
         return

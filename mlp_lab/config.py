@@ -1,7 +1,4 @@
-"""Typed schemas of `conf/`: Hydra checks types while composing, `__post_init__` checks values,
-without torch (`--help`, a misspelt key and `--cfg` answer in a second) and without asking what the
-machine has: the command does (`mlp_lab.train.fits_machine`), so a config means the same anywhere.
-"""
+"""Typed schemas of `conf/`: types checked by Hydra, values by `__post_init__`, without torch."""
 
 from __future__ import annotations
 
@@ -52,8 +49,7 @@ class ConfigError(ValueError):
 
 
 def checker(section: str, settings: Any) -> Callable[[str, bool, str], None]:
-    """check(key, ok, allowed): a ConfigError naming `section.key`, its value and what is allowed
-    when not `ok`."""
+    """check(key, ok, allowed): a ConfigError naming `section.key` when not `ok`."""
 
     def check(key: str, ok: bool, allowed: str) -> None:
         if not ok:
@@ -311,10 +307,7 @@ class MLflowConfig:
 
 @dataclass
 class LoggerConfig:
-    """Where a run's metrics, settings and figures go besides its metrics.json; null: not there.
-
-    Each option of conf/logger/ sets its own section, so that `logger=[csv,mlflow]` adds them up.
-    """
+    """A run's loggers besides metrics.json; each option of conf/logger/ sets its section."""
 
     tensorboard: TensorBoardConfig | None = None
     csv: CSVConfig | None = None
@@ -326,14 +319,7 @@ CLAIM = re.compile(r"(.+?) ([>=]) (.+)")
 
 @dataclass
 class StudyConfig:
-    """What a study of conf/experiment/ asks and what the original lab found: the report's words.
-
-    A claim is "A > B" (A scored higher) or "A = B", on test accuracy; a side is a variant as the
-    report names it (model.batch_norm=true) or, in a one-variant study, a metric of the last epoch
-    (train_acc). `asks` are the comparisons the question is about ("A > B": yes when A is above
-    B), from which the report's answer begins Yes, No, Partly or Cannot tell; `names` give a
-    variant the words the answer calls it by.
-    """
+    """What a study asks ("A > B" in `asks`) and what the lab claimed ("A > B", "A = B")."""
 
     question: str | None = None
     order: int = 0  # its place in the lab's report

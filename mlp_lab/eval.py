@@ -1,10 +1,7 @@
-"""Test a trained checkpoint on a test set, as `mlp_lab.train` tests its best checkpoint.
+"""Test a checkpoint on a test set; eval-<time>.json and its confusion figure go beside it.
 
-    python -m mlp_lab.eval ckpt=outputs/runs/<run>                 # on the dataset it trained on
-    python -m mlp_lab.eval ckpt=path/to/model.ckpt data=mnist data.root=/data
-
-Writes eval-<time>.json (accuracy, loss, per-class accuracy, confusion matrix) and
-eval-<time>-confusion.png into the run's directory, or beside a .ckpt that is in no run.
+python -m mlp_lab.eval ckpt=outputs/runs/<run>      # on the dataset it trained on
+python -m mlp_lab.eval ckpt=path/to/model.ckpt data=mnist
 """
 
 from __future__ import annotations
@@ -65,8 +62,7 @@ def check_fits(model: MLPClassifier, dm: MNISTDataModule, ckpt: Path) -> None:
 
 
 def evaluate(ckpt: Path, model: MLPClassifier, data: DataConfig) -> dict:
-    """Test `model`, loaded from `ckpt`, on the test set of `data` through Lightning; return the
-    evaluation's record."""
+    """Test `model`, loaded from `ckpt`, on the test set of `data`; the evaluation's record."""
     import lightning as L
     from torchmetrics.functional.classification import multiclass_confusion_matrix
 
@@ -106,8 +102,7 @@ def evaluate(ckpt: Path, model: MLPClassifier, data: DataConfig) -> dict:
 
 
 def save(record: dict, directory: Path) -> Path:
-    """eval-<time>.json and eval-<time>-confusion.png in `directory`; a name already taken (two
-    evaluations in the same second) gives eval-<time>_2, ..., so no file is ever replaced."""
+    """eval-<time>.json and its confusion figure in `directory`, never replacing a file."""
     from mlp_lab.figures import plot_confusion
 
     stamp = datetime.fromisoformat(record["time"]).strftime("%Y-%m-%d_%H-%M-%S")
@@ -126,8 +121,7 @@ def save(record: dict, directory: Path) -> Path:
 
 
 def run(cfg: DictConfig) -> tuple[dict, Path]:
-    """The command: test cfg.ckpt on its own dataset unless cfg.data names one, and save the
-    result beside it; return the record and its path."""
+    """Test cfg.ckpt (on its own dataset unless cfg.data names one) and save the result."""
     ckpt = checkpoints.checkpoint_file(cfg.ckpt)
     model = checkpoints.load_model(ckpt)
     if OmegaConf.is_missing(cfg.data, "name"):

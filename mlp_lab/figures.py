@@ -1,9 +1,4 @@
-"""Figures of one run: learning curves, predictions and the confusion matrix.
-
-Drawn by `mlp_lab.fit` into the run directory and sent to its loggers; `mlp_lab.predict` draws
-its predictions, `mlp_lab.eval` its confusion matrix and `mlp_lab.report` its studies with the
-same functions. Nothing here imports torch: the report draws without it.
-"""
+"""Figures of runs (learning curves, predictions, confusion matrix), drawn without torch."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""One run, step by step: build the data and the model, start the record, fit, test the best
-checkpoint, finish the record, draw the figures and hand the results to the loggers.
-
-`python -m mlp_lab.train` composes the config and calls `train`; benchmarks and tests call it too.
-"""
+"""One run, step by step: data, model, record, fit, test, figures, loggers."""
 
 from __future__ import annotations
 
@@ -44,9 +40,7 @@ STOPS = (DataError, TrainingDiverged, RunInterrupted, OutOfMemory)
 
 
 def train(cfg: TrainConfig, run_dir: Path, lead: Sequence[str] = (), label: str = "") -> dict:
-    """Fit, test the checkpoint with the best val accuracy, and return the run's record (under
-    DDP, rank 0's; the others return {}). `lead`: the keys the loggers' tables of settings show
-    first (those a sweep varies); `label`: what names a sweep's run in TensorBoard."""
+    """Fit, test the best-val checkpoint and return the run's record ({} on DDP's other ranks)."""
     try:
         return _train(cfg, run_dir, lead, label)
     except (MemoryError, RuntimeError) as err:
@@ -123,8 +117,7 @@ def build(cfg: TrainConfig) -> tuple[MNISTDataModule, MLPClassifier]:
 
 
 def trainer_arguments(cfg: TrainConfig, run_dir: Path) -> dict:
-    """`lightning.Trainer`'s keyword arguments: the trainer section, less the progress bar's rate
-    (and the bar itself where no terminal shows it); its profile goes to the run directory."""
+    """`lightning.Trainer`'s arguments: the trainer section less the progress bar's rate."""
     args = asdict(cfg.trainer)
     del args["progress_bar_refresh_rate"]
     args["enable_progress_bar"] = callbacks.bar_shown(cfg)
@@ -135,8 +128,7 @@ def trainer_arguments(cfg: TrainConfig, run_dir: Path) -> dict:
 
 
 def note_global_batch(processes: int, batch: int) -> None:
-    """Say, under DDP, that each step sees every process's batch: a run on 2 devices is not one on
-    1 with more speed."""
+    """Say, under DDP, that each step sees every process's batch."""
     if processes > 1:
         log.warning(
             "%d processes, each with batches of %d: a step sees %d images and an epoch has 1/%d "
@@ -156,8 +148,7 @@ def dev_run(cfg: TrainConfig, dm: MNISTDataModule, module: MLPClassifier, run_di
 
 
 def load_start(cfg: TrainConfig, module: MLPClassifier) -> Path | None:
-    """The checkpoint that training continues from (resume's last.ckpt, ckpt_path, or none),
-    checked by loading its weights into `module`."""
+    """The checkpoint training continues from (resume's or ckpt_path), checked, or None."""
     if cfg.resume:
         path = checkpoints.last_checkpoint(cfg.resume)
         if not path.is_file() and (Path(cfg.resume) / runs.RECORD).is_file():
@@ -182,8 +173,7 @@ def load_start(cfg: TrainConfig, module: MLPClassifier) -> Path | None:
 
 
 def fit(trainer, module, dm, start_from: Path | None, run_dir: Path) -> float:
-    """Train, from `start_from` when given; the seconds it took. A signal stops it with its epochs
-    saved (RunInterrupted)."""
+    """Train, from `start_from` when given; the seconds it took."""
     # Lightning unwraps a compiled module for checkpoints, so they load into a plain one.
     fitted = torch.compile(module) if module.hparams.model["compile"] else module
     fit_start = time.perf_counter()
@@ -229,8 +219,7 @@ def results(trainer: L.Trainer, test: dict, run_dir: Path, epochs: int) -> dict:
 
 
 def confusion(module: MLPClassifier, dm: MNISTDataModule) -> tuple[torch.Tensor, torch.Tensor]:
-    """The tested checkpoint's class for each test image, and their counts by true class (rows)
-    and predicted class: the report reads where a variant goes wrong from them."""
+    """The tested checkpoint's predicted classes and their counts by true class."""
     x, y = dm.splits["test"]
     preds = module.classes(x, dm.eval_batch_size)
     return preds, multiclass_confusion_matrix(preds, y.cpu(), dm.num_classes)
@@ -239,8 +228,7 @@ def confusion(module: MLPClassifier, dm: MNISTDataModule) -> tuple[torch.Tensor,
 def draw(
     dm: MNISTDataModule, preds: torch.Tensor, matrix: torch.Tensor, history: list[dict], run_dir
 ) -> dict[str, Figure]:
-    """curves.png, predictions.png (the first 12 test images) and confusion.png (the whole test
-    set) in the run directory; the figures by name."""
+    """curves.png, predictions.png and confusion.png in the run directory, by name."""
     x, y = dm.splits["test"]
     shown = x[:12].cpu(), y[:12].cpu(), preds[:12], dm.class_names, run_dir / "predictions.png"
     return {

@@ -1,10 +1,4 @@
-"""The run's loggers: built from the config, the settings they show, and what each is sent at the
-end of a run.
-
-The run's own record stays metrics.json; the loggers are views of it for TensorBoard, a CSV table
-or MLflow (conf/logger/). Lightning is imported by the functions that build and feed them, so that
-the report can read which settings define a run without it.
-"""
+"""The run's loggers (TensorBoard, CSV, MLflow): views of metrics.json, built from the config."""
 
 from __future__ import annotations
 
@@ -54,8 +48,7 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def run_settings(cfg: TrainConfig, first: Sequence[str] = ()) -> dict[str, Any]:
-    """The settings that define a run, flat ("model/hidden"): the config less its logistics and
-    the options that its loss does not take; those under the keys `first` (a sweep's) lead."""
+    """The settings that define a run, flat ("model/hidden"), the keys in `first` leading."""
     from mlp_lab.losses import own_options  # torch, which a run has imported by now
 
     unused = {f"loss.{k}" for k in set(vars(cfg.loss)) - {"name", *own_options(cfg.loss)}}
@@ -69,9 +62,7 @@ def run_settings(cfg: TrainConfig, first: Sequence[str] = ()) -> dict[str, Any]:
 
 
 def build(cfg: LoggerConfig, run_dir: Path, label: str = "") -> list[Logger]:
-    """The Lightning loggers of a run in `run_dir`; an MLflow run is created here, before training,
-    so that a store it cannot reach stops the run at once. `label` names a sweep's run in
-    TensorBoard by what the sweep varies: run_dir/tensorboard/<label>/."""
+    """The Lightning loggers of a run; an unreachable MLflow store stops it before training."""
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     loggers: list[Logger] = []
@@ -92,8 +83,7 @@ def build(cfg: LoggerConfig, run_dir: Path, label: str = "") -> list[Logger]:
 
 
 def mlflow_logger(cfg: MLflowConfig, run_dir: Path, label: str = "") -> MLFlowLogger:
-    """An MLflow run named after the run directory (a sweep's job: <sweep>/<job> and what its
-    sweep varies)."""
+    """An MLflow run named after the run directory and what its sweep varies."""
     try:
         import mlflow
     except ImportError:
@@ -146,8 +136,7 @@ def one_at_a_time(lock: Path) -> Iterator[None]:
 
 
 def mlflow_run(loggers: list[Logger], cfg: LoggerConfig) -> dict:
-    """Where the run's MLflow run is, for its record: {"mlflow": {tracking_uri, experiment_id,
-    run_id}}, or {} without one."""
+    """Where the run's MLflow run is, for its record; {} without one."""
     from lightning.pytorch.loggers import MLFlowLogger
 
     for logger in loggers:
@@ -158,8 +147,7 @@ def mlflow_run(loggers: list[Logger], cfg: LoggerConfig) -> dict:
 
 
 def mlflow_view(run: dict) -> str:
-    """How to see a run's experiment in MLflow, opened on its runs (MLflow 3 opens its GenAI view
-    unless the address asks for model training)."""
+    """The MLflow address of a run's experiment, opened on its training runs."""
     page = f"#/experiments/{run['experiment_id']}?workflowType=machine_learning"
     uri = run["tracking_uri"]
     if uri.startswith(("http://", "https://")):
@@ -184,11 +172,7 @@ def check_reachable(uri: str) -> None:
 def send_results(
     loggers: list[Logger], settings: dict[str, Any], finals: dict[str, float], figures, step: int
 ) -> None:
-    """Send every logger the run's settings with its final metrics and its figures, then close it.
-
-    `settings` are run_settings ("model/hidden"), `finals` the final/* metrics, `figures` the
-    run's matplotlib figures by name.
-    """
+    """Send every logger the run's settings, final metrics and figures, then close it."""
     from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
 
     for logger in loggers:

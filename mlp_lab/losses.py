@@ -1,9 +1,4 @@
-"""The lab's classification losses, written out by hand: `build_loss("focal", gamma=2.0)`.
-
-Each takes raw logits and integer targets and returns the mean loss over the batch. The regression
-losses (mse, mae, huber) compare the one-hot target with the logits, as the lab did, or with the
-softmax probabilities when `on="probs"`.
-"""
+"""The lab's classification losses, written out by hand: `build_loss("focal", gamma=2.0)`."""
 
 from __future__ import annotations
 
@@ -123,10 +118,7 @@ def own_options(cfg: LossConfig) -> dict:
 
 
 def build_loss(name: str, **options) -> nn.Module:
-    """A module whose `forward(logits, target)` returns the mean loss.
-
-    It is given only the options its constructor takes: the loss section holds every loss's.
-    """
+    """The loss `name` as a module, given only the options its constructor takes."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
     accepted = loss_options(name)

@@ -1,9 +1,4 @@
-"""What other libraries say, recognised by their words.
-
-Every match of another library's message text is one function here, and tests/test_messages.py
-triggers each real message: an upgrade that rewords one fails a test instead of quietly changing
-what mlp_lab does.
-"""
+"""Other libraries' messages recognised by their words (each tested in test_messages.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +10,7 @@ log = logging.getLogger(__name__)
 
 
 def out_of_memory(err: BaseException) -> str | None:
-    """The one-line error for a failed allocation (Python's, torch's on the CPU or a GPU), else
-    None."""
+    """The one-line error for a failed allocation, else None."""
     text = str(err)
     # torch's CPU allocator: "DefaultCPUAllocator: can't allocate memory: you tried to allocate
     # 12544000000 bytes"; CUDA's raises torch.OutOfMemoryError.
@@ -79,8 +73,7 @@ def quiet_resume() -> None:
 
 
 class AccountingMissing(logging.Filter):
-    """submitit asks `sacct` for its jobs' states every few seconds and warns each time it fails,
-    as it does on every poll of a cluster without accounting: said once, in one line, instead."""
+    """submitit's warning on every failed `sacct` poll, said once in one line."""
 
     said = False
 

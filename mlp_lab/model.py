@@ -1,9 +1,4 @@
-"""The multilayer perceptron: images in [0, 1] to class logits, built from a list of widths.
-
-Two implementations of the same layers: `torch` (nn.Linear, nn.BatchNorm1d, nn.Dropout) and
-`scratch`, the lab's hand-written operations (`X @ W + b`, `max(x, 0)`, inverted dropout,
-batch norm).
-"""
+"""The MLP: images in [0, 1] to logits, as torch modules or the lab's own operations."""
 
 from __future__ import annotations
 

@@ -25,18 +25,13 @@ class TrainingDiverged(RuntimeError):
 
 
 class MLPClassifier(L.LightningModule):
-    """Trains an `MLP`; its hparams are the config's sections, so `load_from_checkpoint(path)` alone
-    rebuilds it, input normalisation and class names included."""
+    """Trains an `MLP`; its hparams are the config's sections, so a checkpoint rebuilds it."""
 
-    def __init__(
-        self, model: dict, loss: dict, optimizer: dict, data: dict, step: dict | None = None
-    ):
-        """`model`, `loss`, `optimizer`: the config's sections; `data`: `MNISTDataModule.facts`.
-        `step` is what checkpoints before 0.3 kept of the trainer (clipping, accumulation), which
-        Lightning's Trainer now carries out: ignored, so that they still load."""
+    def __init__(self, model: dict, loss: dict, optimizer: dict, data: dict):
+        """`model`, `loss`, `optimizer`: the config's sections; `data`: `MNISTDataModule.facts`."""
         super().__init__()
         # In the checkpoint; the logger gets the run's settings, with its results, at the end.
-        self.save_hyperparameters(ignore=["step"], logger=False)
+        self.save_hyperparameters(logger=False)
         network = {k: v for k, v in model.items() if k in inspect.signature(MLP).parameters}
         self.model = MLP(
             in_features=data["in_features"],

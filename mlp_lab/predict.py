@@ -1,11 +1,7 @@
-"""Predict classes of images with a trained checkpoint.
+"""Predict classes of image files (framed as MNIST framed its digits) with a trained checkpoint.
 
-    python -m mlp_lab.predict ckpt=outputs/runs/<run> images=[shoe.png,digit.jpg]
-    python -m mlp_lab.predict ckpt=path/to/model.ckpt     # first n test images → predictions.png
-
-`ckpt` is a .ckpt file or a run directory (its best checkpoint, from metrics.json). Images are
-framed as the training data was: grayscale, light backgrounds inverted, the item's box scaled and
-centred in 28×28 as MNIST or Fashion-MNIST did it, in [0, 1].
+python -m mlp_lab.predict ckpt=outputs/runs/<run> images=[shoe.png,digit.jpg]
+python -m mlp_lab.predict ckpt=path/to/model.ckpt     # first n test images → predictions.png
 """
 
 from __future__ import annotations
@@ -57,8 +53,7 @@ CENTRE = 14.0  # the field's centre as row and column index
 
 
 def prepare_image(path: Path | str, dataset: str = "mnist") -> torch.Tensor:
-    """A 1×784 tensor in [0, 1] from any image file, framed as `dataset`'s images were: dark
-    background, the item's box scaled and centred."""
+    """A 1×784 tensor in [0, 1] from an image file, framed as `dataset`'s images were."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
@@ -89,8 +84,7 @@ def _resized(x: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def frame(x: np.ndarray, background: float, side: int, anchor: str) -> np.ndarray:
-    """Crop a dark-background image to its ink's box, scale the box's longest side to `side`
-    keeping its aspect ratio, and put its centre of mass at CENTRE of a 28×28 field (or its box)."""
+    """Crop to the ink's box, scale it to `side` and centre its mass in a 28×28 field."""
     x = ((x - background) / max(1 - background, 1e-6)).clip(0, 1)
     if x.max() < 0.1:  # nothing drawn: the whole image, as it is
         return _resized(x, 28, 28)
@@ -157,8 +151,7 @@ def predict_test_images(model: MLPClassifier, n: int, out: Path) -> Path:
 
 
 def grid_path(ckpt: str) -> Path:
-    """predict-<time>.png in the checkpoint's run directory (or beside a loose .ckpt file), never
-    the run's own predictions.png."""
+    """predict-<time>.png beside the checkpoint, never the run's own predictions.png."""
     path = Path(ckpt)
     home = path if path.is_dir() else path.parent
     if home.name == "checkpoints":

@@ -1,6 +1,5 @@
 """Finish what was killed: resume, in place, every run under a folder that neither ended nor runs.
 
-python -m mlp_lab.resume outputs/multirun/2026-12-03_10-00-00    # a sweep, a study, or the lab
 python -m mlp_lab.resume outputs/lab --jobs 2
 """
 
@@ -40,8 +39,7 @@ def unfinished(folder: Path) -> tuple[list[Path], list[str]]:
 
 
 def claim(todo: list[Path], left: list[str]) -> tuple[list[Path], list]:
-    """The runs this command resumes, each locked while it holds the lock (the kernel drops it when
-    the command ends or dies): two resumes of one folder never resume a run twice."""
+    """The runs this command resumes, each locked (flock) so no run is resumed twice."""
     claimed, locks = [], []
     for run_dir in todo:
         lock = (run_dir / ".resume.lock").open("w")

@@ -1,14 +1,5 @@
-"""A run's life: its record, its status and how it moves (its directory: mlp_lab.directories; its
-checkpoints and resuming: mlp_lab.checkpoints).
-
-outputs/runs/<time>/        a run (a sweep's: outputs/multirun/<time>/<n>/)
-    metrics.json            the record: status, config, per-epoch history, results
-    checkpoints/            the best val/acc checkpoint, and last.ckpt to resume from
-    .hydra/                 the composed config and the overrides (a resume's: .hydra/resumed_*)
-    tensorboard/, *.png     the logs (conf/logger/: csv/ too) and figures
-
-A run's status moves only here: `start` (a part begins), `add_epoch`, then `finish`, `fail`,
-`interrupt` or `kill`, each with its why. `status` is the one judge of what a run is now.
+"""A run's life: its record (metrics.json) and its status, which moves only here: `start`,
+`add_epoch`, then `finish`, `fail`, `interrupt` or `kill`; `status` judges what a run is now.
 """
 
 from __future__ import annotations
@@ -20,14 +11,11 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from mlp_lab.cluster import slurm_job
 
-if TYPE_CHECKING:
-    pass
-
 RECORD = "metrics.json"
+FORMAT = 2  # of the record: 0.2.0 wrote format 1 (no "format" key), read through `translated`
 CHECKPOINTS = "checkpoints"
 SEARCH_RECORD = "search.yaml"  # in a search's sweep directory: which study its trials belong to
 MONITOR = "val/acc"
@@ -61,20 +49,28 @@ def write_record(run_dir: Path, record: dict) -> None:
     """metrics.json, replaced whole, so a reader never sees half a file."""
     path = Path(run_dir) / RECORD
     path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(f".{RECORD}.{os.getpid()}.part")
-    part.write_text(json.dumps(record, indent=2) + "\n")
-    part.replace(path)
+    temporary = path.with_name(f".{RECORD}.{os.getpid()}.part")
+    temporary.write_text(json.dumps(record, indent=2) + "\n")
+    temporary.replace(path)
 
 
 def read_record(run_dir: Path) -> dict:
-    """A run's record; RunError when it has none or it cannot be parsed."""
+    """A run's record in this version's format; RunError when it has none or it cannot be parsed."""
     path = Path(run_dir) / RECORD
     try:
-        return json.loads(path.read_text())
+        return translated(json.loads(path.read_text()))
     except FileNotFoundError:
         raise RunError(f"no {RECORD}: crashed or still running") from None
     except (OSError, ValueError) as err:
         raise RunError(f"corrupt {RECORD} ({err})") from None
+
+
+def translated(record: dict) -> dict:
+    """A record of any format this version reads, as this version writes it."""
+    if record.get("format", 1) == 1:  # 0.2.0's: a run's attempts were its "parts"
+        record = {"format": FORMAT, **record, "attempts": record.get("parts", [])}
+        record.pop("parts", None)
+    return record
 
 
 def earlier_record(run_dir: Path) -> dict:
@@ -94,41 +90,39 @@ def _process_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def new_part(started: float) -> dict:
-    """This process's part of a run, started at `started` (time.time()): who runs it, and its
-    heartbeat."""
+def new_attempt(started: float) -> dict:
+    """This process's attempt at a run: who runs it, since when, and its heartbeat."""
     pid = os.getpid()
-    part = {"host": socket.gethostname(), "pid": pid, "process_start": _process_start(pid)}
-    part.update(started=started, heartbeat=time.time())
+    attempt = {"host": socket.gethostname(), "pid": pid, "process_start": _process_start(pid)}
+    attempt.update(started=started, heartbeat=time.time())
     # The GPUs its launcher gave it (null: none chosen, every GPU visible).
-    part["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+    attempt["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
     if slurm_job():
-        part["slurm_job"] = slurm_job()
-    return part
+        attempt["slurm_job"] = slurm_job()
+    return attempt
 
 
-def part_alive(part: dict, stale_after: float = STALE_AFTER_S) -> bool:
-    """Whether a part's process still runs: on this host its pid says, elsewhere its heartbeat."""
-    if part["host"] != socket.gethostname():
-        return time.time() - part["heartbeat"] < stale_after
-    if part["process_start"] is None:  # no /proc: the pid alone
+def attempt_alive(attempt: dict, stale_after: float = STALE_AFTER_S) -> bool:
+    """Whether an attempt's process runs: on this host its pid says, elsewhere its heartbeat."""
+    if attempt["host"] != socket.gethostname():
+        return time.time() - attempt["heartbeat"] < stale_after
+    if attempt["process_start"] is None:  # no /proc: the pid alone
         try:
-            os.kill(part["pid"], 0)
+            os.kill(attempt["pid"], 0)
         except ProcessLookupError:
             return False
         return True
-    return _process_start(part["pid"]) == part["process_start"]
+    return _process_start(attempt["pid"]) == attempt["process_start"]
 
 
 def status(record: dict, stale_after: float | None = None) -> Status:
-    """What a run is now: its record's status, but killed when it says running and its process is
-    gone. A record without a status (a job that records nothing: fast_dev_run) completed."""
+    """What a run is now: its record's status, killed where running and its process gone."""
     said = Status(record.get("status", Status.COMPLETED))
     if said is not Status.RUNNING:
         return said
     longest = max((e["epoch_time_s"] for e in record.get("history", [])), default=0.0)
     stale_after = stale_after or max(STALE_AFTER_S, 3 * longest)
-    alive = bool(record.get("parts")) and part_alive(record["parts"][-1], stale_after)
+    alive = bool(record.get("attempts")) and attempt_alive(record["attempts"][-1], stale_after)
     return Status.RUNNING if alive else Status.KILLED
 
 
@@ -138,35 +132,33 @@ def ending(run_dir: Path) -> Status:
 
 
 def start(run_dir: Path, config: dict, params: int, started: float, resumed: bool) -> dict:
-    """A part of the run begins, its first start or a resume: running, in this process."""
+    """An attempt of the run begins, its first start or a resume: running, in this process."""
     earlier = earlier_record(run_dir) if resumed else {}
-    record = {"status": Status.RUNNING, "config": config, "params": params}
+    record = {"format": FORMAT, "status": Status.RUNNING, "config": config, "params": params}
     record["history"] = earlier.get("history", [])
-    record["parts"] = [*earlier.get("parts", []), new_part(started)]
+    record["attempts"] = [*earlier.get("attempts", []), new_attempt(started)]
     write_record(run_dir, record)
     return record
 
 
 def start_fit(run_dir: Path, record: dict, device: str) -> None:
-    """The part's training begins on `device` (a GPU's name, or the CPU and its threads); a killed
-    part's fit time counts from here."""
-    record["parts"][-1].update(fit_started=time.time(), device=device)
+    """The attempt's training begins on `device`; a killed attempt's fit time counts from here."""
+    record["attempts"][-1].update(fit_started=time.time(), device=device)
     write_record(run_dir, record)
 
 
 def add_epoch(run_dir: Path, record: dict, history: list[dict]) -> None:
     """An epoch ended: the history so far, and a heartbeat."""
-    record["parts"][-1]["heartbeat"] = time.time()
+    record["attempts"][-1]["heartbeat"] = time.time()
     record.update(epochs=len(history), history=history)
     write_record(run_dir, record)
 
 
 def finish(run_dir: Path, record: dict, pruned: bool, times: dict, **results) -> dict:
-    """The run ended its epochs and was tested: completed, or pruned by its search. `times`: this
-    part's wall_time_s and fit_time_s; `results`: test_acc, test_loss, checkpoint, ..."""
+    """The run was tested after its epochs: completed, or pruned by its search."""
     history = record["history"]
     best = max(history, key=lambda e: e["val_acc"])
-    record["parts"][-1].update(times)
+    record["attempts"][-1].update(times)
     record.update(
         status=Status.PRUNED if pruned else Status.COMPLETED,
         epochs=len(history),
@@ -174,7 +166,7 @@ def finish(run_dir: Path, record: dict, pruned: bool, times: dict, **results) ->
         best_epoch=best["epoch"],
         mean_epoch_time_s=sum(e["epoch_time_s"] for e in history) / len(history),
         **results,
-        **total_times(record["parts"]),
+        **total_times(record["attempts"]),
     )
     write_record(run_dir, record)
     return record
@@ -184,15 +176,15 @@ def _end(
     run_dir: Path, why: str, to: Status, seen_from_outside: bool, at: float | None = None
 ) -> None:
     record = earlier_record(run_dir)
-    parts = record.get("parts", [])
-    own = bool(parts) and (parts[-1]["host"], parts[-1]["pid"]) == (
+    attempts = record.get("attempts", [])
+    own = bool(attempts) and (attempts[-1]["host"], attempts[-1]["pid"]) == (
         socket.gethostname(),
         os.getpid(),
     )
-    if parts and not own and not seen_from_outside:
+    if attempts and not own and not seen_from_outside:
         return  # a resume that never started: the run's own record stays as it was
-    if parts:
-        parts[-1]["ended"] = at or time.time()
+    if attempts:
+        attempts[-1]["ended"] = at or time.time()
     write_record(run_dir, {**record, "status": to, "error": why})
 
 
@@ -207,21 +199,20 @@ def interrupt(run_dir: Path, why: str) -> None:
 
 
 def kill(run_dir: Path, why: str, at: float | None = None) -> None:
-    """The run's process died (its launcher saw it end, `at`): SIGKILL, out of memory, a lost
-    node."""
+    """The run's process died (SIGKILL, out of memory, a lost node), seen by its launcher."""
     _end(run_dir, why, Status.KILLED, seen_from_outside=True, at=at)
 
 
-def part_times(part: dict) -> tuple[float, float]:
-    """A part's wall and fit seconds; a killed part's count up to its last heartbeat."""
-    end = part.get("ended", part["heartbeat"])
-    fit = part.get("fit_time_s", end - part.get("fit_started", end))
-    return part.get("wall_time_s", end - part["started"]), fit
+def attempt_times(attempt: dict) -> tuple[float, float]:
+    """An attempt's wall and fit seconds; a killed attempt's count up to its last heartbeat."""
+    end = attempt.get("ended", attempt["heartbeat"])
+    fit = attempt.get("fit_time_s", end - attempt.get("fit_started", end))
+    return attempt.get("wall_time_s", end - attempt["started"]), fit
 
 
-def total_times(parts: list[dict]) -> dict[str, float]:
-    """Wall and fit seconds added up over a run's parts: its first start and every resume."""
-    times = [part_times(part) for part in parts]
+def total_times(attempts: list[dict]) -> dict[str, float]:
+    """Wall and fit seconds added up over a run's attempts: its first start and every resume."""
+    times = [attempt_times(attempt) for attempt in attempts]
     return {"wall_time_s": sum(w for w, _ in times), "fit_time_s": sum(f for _, f in times)}
 
 
@@ -244,31 +235,30 @@ def describe(run_dir: Path, record: dict) -> str:
     if now is Status.PRUNED:
         return f"pruned after {done} epoch{'s' * (done != 1)} by its search"
     if now is Status.RUNNING:
-        part = record["parts"][-1]
-        return f"running: {done} epochs so far (pid {part['pid']} on {part['host']})"
+        attempt = record["attempts"][-1]
+        return f"running: {done} epochs so far (pid {attempt['pid']} on {attempt['host']})"
     if now is Status.KILLED:  # its launcher says why; else its process was found gone
         why = record.get("error") if record.get("status") == now else None
         return f"{why or f'killed in epoch {done + 1}'}: resume with `{resume_command(run_dir)}`"
     return f"{now}: {record.get('error') or f'{done} epochs so far'}"
 
 
-def part_end(part: dict) -> float:
-    """When a part ended (or was last seen alive), time.time()'s clock."""
-    if "ended" in part:
-        return part["ended"]
-    if "wall_time_s" in part:
-        return part["started"] + part["wall_time_s"]
-    return part["heartbeat"]
+def attempt_end(attempt: dict) -> float:
+    """When an attempt ended (or was last seen alive), time.time()'s clock."""
+    if "ended" in attempt:
+        return attempt["ended"]
+    if "wall_time_s" in attempt:
+        return attempt["started"] + attempt["wall_time_s"]
+    return attempt["heartbeat"]
 
 
 def spread(run_dirs: list[Path]) -> str:
-    """How a sweep's runs shared the GPUs its launcher gave them, from their records: " on 2 GPUs,
-    4 at a time on each", or "" where none was given one."""
+    """How a sweep's runs shared their GPUs (" on 2 GPUs, 4 at a time on each"), or ""."""
     spans: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
     for run_dir in run_dirs:
-        for part in earlier_record(run_dir).get("parts", []):
-            for device in filter(None, (part.get("cuda_visible_devices") or "").split(",")):
-                spans[device].append((part["started"], part_end(part)))
+        for attempt in earlier_record(run_dir).get("attempts", []):
+            for device in filter(None, (attempt.get("cuda_visible_devices") or "").split(",")):
+                spans[device].append((attempt["started"], attempt_end(attempt)))
     if not spans:
         return ""
     at_once = max(most_at_once(times) for times in spans.values())

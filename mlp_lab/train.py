@@ -1,12 +1,7 @@
-"""Train one MLP and leave a complete record of the run.
+"""Train one MLP and leave a complete record of the run; the config is checked before torch loads.
 
 python -m mlp_lab.train                         # the lab's baseline on Fashion-MNIST
-python -m mlp_lab.train data=mnist optimizer.lr=0.05
 python -m mlp_lab.train -m model.hidden=[256],[256,256]   # a sweep
-
-This is the command line: the schemas and mlp_lab's Hydra plugins are registered here, Hydra
-composes the config and this file checks it, before torch and Lightning are imported
-(mlp_lab.fit trains), so `--help` and a mistake answer at once.
 """
 
 from __future__ import annotations
@@ -54,8 +49,7 @@ def register() -> None:
 
 
 def load_config(*overrides: str) -> TrainConfig:
-    """The checked config that `python -m mlp_lab.train <overrides>` runs with (tests and
-    benchmarks build runs from it)."""
+    """The checked config `python -m mlp_lab.train <overrides>` runs with."""
     with hydra.initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         config = OmegaConf.to_object(hydra.compose(config_name="train", overrides=list(overrides)))
     fits_machine(config.trainer)
@@ -81,8 +75,7 @@ def check_sweep(strategy: str, launcher: str) -> None:
 
 
 def leading_keys() -> list[str]:
-    """The keys the loggers' tables show first: those a sweep varies (its command line's swept
-    keys and its study's params), or those a single run's command line set."""
+    """The keys the loggers' tables show first: those a sweep varies or the command line set."""
     if not HydraConfig.initialized():
         return []
     hydra_cfg = HydraConfig.get()
@@ -97,8 +90,7 @@ def leading_keys() -> list[str]:
 
 
 def sweep_label() -> str:
-    """What tells a sweep's run from the others: the values it was given for the keys the sweep
-    varies (`model.batch_norm=true/seed=0`); "" for a single run."""
+    """The values a sweep's run was given for the swept keys (`model.batch_norm=true/seed=0`)."""
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return ""
@@ -110,8 +102,7 @@ def sweep_label() -> str:
 def stop(
     err: Exception, run_dir: Path, multirun: bool, refused: bool = True, interrupted: bool = False
 ) -> NoReturn:
-    """End the run with `err` as one line: refused before any work (a config, missing data), it
-    leaves no directory; a run that started keeps its record, marked failed or interrupted."""
+    """End the run in one line; a refused config leaves no directory, a started run its record."""
     message = f"{'stopped' if interrupted else 'error'}: {err}"
     rank_zero = cluster.process_rank() == 0
     if refused and not multirun and rank_zero and directories.discard_unused(run_dir):
@@ -147,8 +138,7 @@ def checked(cfg: DictConfig, hydra_cfg) -> TrainConfig:
 
 
 def fits_machine(trainer: TrainerConfig) -> None:
-    """Refuse in one line, before torch is imported, what this machine cannot run as asked: a
-    device preset without its device, bf16 where the CPU only emulates it."""
+    """Refuse in one line what this machine cannot run as asked, before torch is imported."""
     check = checker("trainer.", trainer)
     missing = cluster.accelerator_missing(str(trainer.accelerator), trainer.devices)
     check("accelerator", not missing, f"{missing}; use trainer=cpu")

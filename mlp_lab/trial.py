@@ -1,5 +1,4 @@
-"""A run's side of a search: the study's storage, its pruner, and the trial a run reports its
-epochs to from its own process (the search itself, many runs, is mlp_lab.sweeps.search)."""
+"""A run's side of a search: the study's storage, its pruner, the trial it reports to."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
-"""The lab's XOR study: a 2-h-1 ReLU network, MSE loss, plain SGD, full batch on the four points.
+"""The lab's XOR study: a 2-h-1 ReLU network, MSE loss, full-batch SGD on the four points.
 
 python -m mlp_lab.xor                       # the loss as it falls, the truth table, one last line
 python -m mlp_lab.xor xor.seeds=20          # how many seeds solve it
-python -m mlp_lab.xor xor.predict=[0,1]     # one answer
 python -m mlp_lab.xor --interactive         # ask for inputs until EOF or q
 """
 
@@ -134,8 +133,7 @@ def interact(model: XORNet, read: Callable[[str], str] = input, echo=print) -> N
 
 
 def write_record(path: Path, xor: XORConfig, study: dict, results: list) -> None:
-    """Each seed's final loss and whether it solved XOR, with the settings and the study's words:
-    what the report reads."""
+    """Each seed's final loss and whether it solved XOR, for the report."""
     seeds = [{"seed": s, "final_loss": loss, "solved": solves(m)} for s, m, loss in results]
     settings = {k: getattr(xor, k) for k in ("hidden", "lr", "epochs")}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -45,4 +45,5 @@ def test_a_0_2_0_run_is_resumed_from_its_last_checkpoint(old_run, synthetic_root
     after = json.loads((old_run / "metrics.json").read_text())
     assert after["status"] == "completed" and len(after["history"]) == 2
     assert after["history"][0] == before["history"][0]  # its first epoch kept as it was
-    assert len(after["parts"]) == 2  # the 0.2.0 start and this one
+    # Its 0.2.0 "parts" are this version's attempts: the 0.2.0 start and this one.
+    assert after["format"] == 2 and len(after["attempts"]) == 2 and "parts" not in after

@@ -416,4 +416,4 @@ def test_bf16_trains_on_a_cpu_with_amx(synthetic_root, tmp_path, monkeypatch):
     record = train(load_config(*overrides), tmp_path / "run")
     assert record["status"] == "completed"
     assert record["config"]["trainer"]["precision"] == "bf16-mixed"
-    assert record["parts"][-1]["device"].startswith("cpu (")
+    assert record["attempts"][-1]["device"].startswith("cpu (")

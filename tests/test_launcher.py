@@ -42,7 +42,7 @@ def test_a_killed_job_is_its_own_and_resume_finishes_it_as_if_never_killed(
     while time.monotonic() < deadline:
         record = runs.earlier_record(sweep / "1")
         if len(record.get("history", [])) >= 1:
-            pid = record["parts"][-1]["pid"]
+            pid = record["attempts"][-1]["pid"]
             assert pid != process.pid  # a process of its own
             time.sleep(0.1)
             subprocess.run(["kill", "-KILL", str(pid)], check=True)
@@ -183,7 +183,7 @@ def spans_on(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
     """Each device's (start, end) spans of the jobs it was given, from their records."""
     spans: dict[str, list[tuple[float, float]]] = {}
     for record in records:
-        part = record["parts"][-1]
+        part = record["attempts"][-1]
         end = part.get("ended") or part["started"] + part["wall_time_s"]
         spans.setdefault(part["cuda_visible_devices"], []).append((part["started"], end))
     return spans
@@ -200,10 +200,15 @@ def test_a_device_pool_gives_each_job_its_gpu_two_at_a_time(synthetic_root, tmp_
     args = ("seed=0,1,2,3", *pool, "trainer.accelerator=cpu", "trainer.max_epochs=2")
     result = start_sweep(synthetic_root, sweep, *args).communicate(timeout=300)
     records = [runs.read_record(sweep / str(n)) for n in range(4)]
-    assert sorted(r["parts"][-1]["cuda_visible_devices"] for r in records) == ["0", "0", "1", "1"]
+    assert sorted(r["attempts"][-1]["cuda_visible_devices"] for r in records) == [
+        "0",
+        "0",
+        "1",
+        "1",
+    ]
     assert all(overlapping(s) <= 2 for s in spans_on(records).values())
     # What each ran on: the CPU, its cores shared by the four jobs.
-    assert {r["parts"][-1]["device"] for r in records} == {"cpu (1 threads)"}
+    assert {r["attempts"][-1]["device"] for r in records} == {"cpu (1 threads)"}
     assert result[0].strip().splitlines()[-1] == (
         f"4 runs on 2 GPUs, 2 at a time on each: 4 completed "
         f"(report: python -m mlp_lab.report {sweep})"
@@ -222,7 +227,7 @@ def test_a_killed_jobs_gpu_goes_to_the_next_job(synthetic_root, tmp_path):
         if len(record.get("history", [])) >= 1:
             assert not (sweep / "2").exists()  # waiting: both GPUs are taken
             killed_at = time.time()
-            os.kill(record["parts"][-1]["pid"], signal.SIGKILL)
+            os.kill(record["attempts"][-1]["pid"], signal.SIGKILL)
             break
         time.sleep(0.01)
     out, err = process.communicate(timeout=300)
@@ -231,10 +236,10 @@ def test_a_killed_jobs_gpu_goes_to_the_next_job(synthetic_root, tmp_path):
     assert (killed["status"], other["status"], next_job["status"]) == (
         "killed", "completed", "completed",
     )  # fmt: skip
-    given = [r["parts"][-1]["cuda_visible_devices"] for r in (killed, other, next_job)]
+    given = [r["attempts"][-1]["cuda_visible_devices"] for r in (killed, other, next_job)]
     assert given[0] != given[1] and given[2] == given[0]
     # Its record ends when its launcher saw it die, before the next job began on its GPU.
-    assert killed_at <= killed["parts"][-1]["ended"] <= next_job["parts"][-1]["started"]
+    assert killed_at <= killed["attempts"][-1]["ended"] <= next_job["attempts"][-1]["started"]
     assert all(overlapping(s) == 1 for s in spans_on([killed, other, next_job]).values())
 
 

@@ -29,18 +29,6 @@ def test_checkpoint_alone_rebuilds_the_model(tmp_path):
     assert loaded.hparams.model["hidden"] == [32] and loaded.hparams.optimizer["lr"] == 0.1
 
 
-def test_a_checkpoint_of_0_2_with_its_step_settings_still_loads(tmp_path):
-    module = classifier("model.hidden=[8]")
-    trainer = quiet_trainer(max_epochs=0)
-    trainer.strategy.connect(module)
-    trainer.save_checkpoint(tmp_path / "model.ckpt")
-    checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=False)
-    checkpoint["hyper_parameters"]["step"] = {"accumulate_grad_batches": 2}  # as 0.2 kept it
-    torch.save(checkpoint, tmp_path / "model.ckpt")
-    loaded = MLPClassifier.load_from_checkpoint(tmp_path / "model.ckpt")
-    assert "step" not in loaded.hparams and loaded.hparams.model["hidden"] == [8]
-
-
 def test_the_config_sections_reach_the_network_whole():
     module = classifier(
         "model.hidden=[16,8]",

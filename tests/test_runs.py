@@ -37,17 +37,6 @@ def test_an_unfinished_run_directory_is_refused_with_what_to_do(tmp_path):
         load_model(tmp_path)
 
 
-def test_a_checkpoint_of_an_older_version_is_refused_in_one_line(tmp_path):
-    path = tmp_path / "old.ckpt"
-    hparams = {"hidden": [256, 256], "lr": 0.1, "class_names": list("0123456789")}
-    torch.save({"state_dict": {}, "hyper_parameters": hparams}, path)
-    with pytest.raises(RunError) as caught:
-        load_model(path)
-    assert str(caught.value) == (
-        f"{path} comes from an older mlp_lab (before 0.2): train it again with this version"
-    )
-
-
 def test_a_saved_model_loads_back_in_eval_mode_with_its_settings(tmp_path):
     torch.manual_seed(0)
     module = classifier("model.hidden=[16]", "model.dropout=0.5")
@@ -61,7 +50,7 @@ def test_a_saved_model_loads_back_in_eval_mode_with_its_settings(tmp_path):
 
 
 def test_record_round_trips_and_a_corrupt_one_is_named(tmp_path):
-    record = {"status": "running", "history": [{"epoch": 1}]}
+    record = {"format": runs.FORMAT, "status": "running", "history": [{"epoch": 1}]}
     runs.write_record(tmp_path, record)
     assert runs.read_record(tmp_path) == record
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary left behind
@@ -130,12 +119,16 @@ def test_a_taken_name_gives_the_next_one(tmp_path, monkeypatch):
 def test_a_record_of_a_dead_process_is_reported_killed(tmp_path):
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra/config.yaml").write_text("seed: 1\n")
-    part = runs.new_part(time.time())
-    record = {"status": "running", "history": [{"epoch": 1, "epoch_time_s": 2.0}], "parts": [part]}
+    part = runs.new_attempt(time.time())
+    record = {
+        "status": "running",
+        "history": [{"epoch": 1, "epoch_time_s": 2.0}],
+        "attempts": [part],
+    }
     assert runs.status(record) is Status.RUNNING  # this very process
     dead = Command(time.sleep, 0)
     dead.wait()
-    record["parts"] = [{**part, "pid": dead.pid, "process_start": "1"}]
+    record["attempts"] = [{**part, "pid": dead.pid, "process_start": "1"}]
     assert runs.status(record) is Status.KILLED
     assert runs.describe(tmp_path, record) == (
         f"killed in epoch 2: resume with `python -m mlp_lab.train resume={tmp_path}`"
@@ -147,18 +140,18 @@ def test_a_record_of_a_dead_process_is_reported_killed(tmp_path):
     )
     # On another host only the heartbeat tells: ten minutes without one is a dead run.
     elsewhere = {**part, "host": "elsewhere", "heartbeat": time.time() - 601}
-    assert runs.status({**record, "parts": [elsewhere]}) is Status.KILLED
-    alive = {**record, "parts": [{**elsewhere, "heartbeat": time.time() - 60}]}
+    assert runs.status({**record, "attempts": [elsewhere]}) is Status.KILLED
+    alive = {**record, "attempts": [{**elsewhere, "heartbeat": time.time() - 60}]}
     assert runs.status(alive) is Status.RUNNING
 
 
-def test_times_add_up_over_the_parts_of_a_run():
-    parts = [
+def test_times_add_up_over_the_attempts_of_a_run():
+    attempts = [
         {"started": 100.0, "heartbeat": 130.0, "fit_started": 104.0},  # killed: up to its heartbeat
         {"started": 200.0, "heartbeat": 220.0, "ended": 225.0, "fit_started": 203.0},  # SIGTERM
         {"started": 300.0, "heartbeat": 340.0, "wall_time_s": 45.0, "fit_time_s": 38.0},
     ]
-    assert runs.total_times(parts) == {
+    assert runs.total_times(attempts) == {
         "wall_time_s": 30.0 + 25.0 + 45.0,
         "fit_time_s": 26.0 + 22.0 + 38.0,
     }
@@ -195,7 +188,7 @@ def test_runs_started_together_each_keep_their_own_directory(synthetic_root, tmp
         # TensorBoard names each event file after the process that writes it: this run's alone.
         events = list((run / "tensorboard").glob("events.out.tfevents.*"))
         pids = {int(path.name.rsplit(".", 2)[1]) for path in events}
-        assert events and pids == {record["parts"][-1]["pid"]}
+        assert events and pids == {record["attempts"][-1]["pid"]}
 
 
 def test_sweeps_started_together_each_keep_their_own_directory(synthetic_root, tmp_path):
@@ -242,7 +235,7 @@ def _own_record(run, proc):
         record = runs.read_record(run)
     except RunError:
         return None
-    return record if record["parts"][-1]["pid"] == proc.pid else None
+    return record if record["attempts"][-1]["pid"] == proc.pid else None
 
 
 def test_sigkill_anywhere_then_resume_ends_as_an_uninterrupted_run(synthetic_root, tmp_path):
@@ -295,11 +288,11 @@ def test_sigkill_anywhere_then_resume_ends_as_an_uninterrupted_run(synthetic_roo
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert record["test_acc"] == reference["test_acc"]
     # Every start of the run is a part, and its times are their sums.
-    assert kills >= 2 and len(record["parts"]) == kills + 1
+    assert kills >= 2 and len(record["attempts"]) == kills + 1
     assert record["wall_time_s"] == pytest.approx(
-        sum(runs.part_times(part)[0] for part in record["parts"])
+        sum(runs.attempt_times(part)[0] for part in record["attempts"])
     )
-    assert record["wall_time_s"] > record["parts"][-1]["wall_time_s"]
+    assert record["wall_time_s"] > record["attempts"][-1]["wall_time_s"]
 
 
 def test_a_live_run_is_not_resumed_and_a_killed_one_is_reported(synthetic_root, tmp_path):
@@ -340,3 +333,13 @@ def test_a_refused_run_leaves_its_folder_as_it_found_it(tmp_path):
     (tmp_path / "outputs/runs/kept").mkdir(parents=True)  # a folder of the user's stays
     assert run_module("mlp_lab.train", "optimizer.lr=-1").returncode == 1
     assert (tmp_path / "outputs/runs/kept").is_dir()
+
+
+def test_a_0_2_0_record_is_read_in_this_versions_format(tmp_path):
+    attempt = {"host": "h", "pid": 1, "started": 0.0, "heartbeat": 1.0}
+    old = {"status": "completed", "history": [], "parts": [attempt]}  # 0.2.0 wrote no format
+    (tmp_path / "metrics.json").write_text(json.dumps(old))
+    record = runs.read_record(tmp_path)
+    assert record == {"format": 2, "status": "completed", "history": [], "attempts": [attempt]}
+    (tmp_path / "metrics.json").write_text(json.dumps(record))
+    assert runs.read_record(tmp_path) == record  # this version's own, as written

@@ -54,7 +54,7 @@ def test_a_sweep_runs_each_job_through_slurm_and_records_its_job_id(
     assert result.returncode == 0, result.stderr[-3000:]
     records = [runs.read_record(sweep / str(n)) for n in range(2)]
     assert [r["status"] for r in records] == ["completed", "completed"]
-    jobs = [r["parts"][-1]["slurm_job"] for r in records]
+    jobs = [r["attempts"][-1]["slurm_job"] for r in records]
     # One job array, one task per run: <array job>_<task>, as submitit's folders name them.
     assert re.fullmatch(r"\d+_0", jobs[0]) and jobs[1] == jobs[0][:-1] + "1"
     assert (sweep / ".submitit" / jobs[0].split("_")[0]).is_dir()
@@ -108,7 +108,7 @@ def test_a_search_whose_workers_are_a_job_array_shares_one_study(
             assert [r["config"]["trial"]["number"] for r in records] == list(numbers)
             assert all(r["config"]["num_threads"] == 1 for r in records)  # cpus_per_task
             # The tasks of one job array ran the trials; of the first four, both tasks.
-            tasks = {r["parts"][-1]["slurm_job"] for r in records}
+            tasks = {r["attempts"][-1]["slurm_job"] for r in records}
             (array,) = {t.split("_")[0] for t in tasks}
             assert tasks <= {f"{array}_0", f"{array}_1"}, tasks
             assert n == 1 or len(tasks) == 2, tasks
@@ -128,7 +128,7 @@ def test_ddp_whose_two_processes_slurm_starts_logs_the_val_acc_of_its_checkpoint
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = directories.find_runs(sweep)
     record = runs.read_record(run)  # one run, written by rank 0 alone
-    assert record["status"] == "completed" and len(record["parts"]) == 1
+    assert record["status"] == "completed" and len(record["attempts"]) == 1
     # Lightning took each process's rank and the world size from SLURM's environment; each task
     # trained with the one CPU SLURM gave it.
     logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.*"))
@@ -160,7 +160,7 @@ def test_a_job_slurm_stops_says_so_and_resumes_while_the_sweep_goes_on(
     limit = ["hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30"]
     sweep_args = ["-m", f"hydra.sweep.dir={sweep}", *fast_overrides(synthetic_root, *slow)]
     process = submit(cluster, *sweep_args, *(limit if stop == "time limit" else []), wait=False)
-    job = _wait_for_epochs(sweep / "1", 1)["parts"][-1]["slurm_job"]
+    job = _wait_for_epochs(sweep / "1", 1)["attempts"][-1]["slurm_job"]
     if stop == "scancel":
         subprocess.run(["scancel", job], env=cluster.env, check=True)
     _, err = process.communicate(timeout=300)
@@ -188,7 +188,7 @@ def test_a_job_killed_outright_without_accounting_is_marked_and_the_sweep_ends(
     slow = ["data.batch_size=4", "trainer.max_epochs=1,500"]
     sweep_args = ["-m", f"hydra.sweep.dir={sweep}", *fast_overrides(synthetic_root, *slow)]
     process = submit(cluster, *sweep_args, wait=False)
-    pid = _wait_for_epochs(sweep / "1", 1)["parts"][-1]["pid"]
+    pid = _wait_for_epochs(sweep / "1", 1)["attempts"][-1]["pid"]
     subprocess.run(["kill", "-KILL", str(pid)], check=True)
     killed_at = time.monotonic()
     _, err = process.communicate(timeout=300)

@@ -503,7 +503,7 @@ def test_early_stopping_records_where_it_stopped_and_a_resume_stays_stopped(
     resumed = run_module("mlp_lab.train", f"resume={run}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     record = _metrics(run)
-    assert [e["epoch"] for e in record["history"]] == [1, 2] and len(record["parts"]) == 2
+    assert [e["epoch"] for e in record["history"]] == [1, 2] and len(record["attempts"]) == 2
     assert record["stopped_early"] == {"epoch": 2, "patience": 1}
     after = _weights(run)
     assert all(torch.equal(after[k], weights[k]) for k in weights)  # not one more step

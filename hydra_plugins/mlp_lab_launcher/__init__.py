@@ -1,6 +1,4 @@
-"""`hydra/launcher=local` and `slurm` (mlp_lab/sweeps/local.py, slurm.py). Hydra instantiates
-launchers from hydra_plugins only, and imports every module there whenever it looks for plugins
-(each command): mlp_lab's are imported when used."""
+"""`hydra/launcher=local` and `slurm`, imported when used (mlp_lab/sweeps/)."""
 
 import importlib
 

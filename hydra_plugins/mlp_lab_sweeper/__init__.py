@@ -1,5 +1,4 @@
-"""`hydra/sweeper=mlp_lab` (hparams_search=optuna): the Optuna search of mlp_lab/sweeps/search.py,
-imported when used, since Hydra imports every module of hydra_plugins for each command."""
+"""`hydra/sweeper=mlp_lab`: mlp_lab/sweeps/search.py, imported when used."""
 
 from hydra.plugins.sweeper import Sweeper
 

@@ -1,10 +1,6 @@
-"""The lab's report: for each study its question, settings, table, figures and answer in words,
-with the original lab's finding checked beside ours; report.md and a self-contained report.html.
+"""The lab's report (report.md, report.html) from runs, sweeps or folders above them.
 
-    python -m mlp_lab.report outputs/lab/*/ [more run or sweep dirs] [--out DIR]
-
-A directory is a run (it holds `.hydra/`), a sweep (numbered runs beside `multirun.yaml`), or any
-folder above them; XOR records (xor.json) below them are read too.
+python -m mlp_lab.report outputs/lab/*/ [more run or sweep dirs] [--out DIR]
 """
 
 from __future__ import annotations

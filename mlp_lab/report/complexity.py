@@ -1,5 +1,4 @@
-"""The lab's question 1: error against model size, per depth, and where each depth first fits its
-training labels."""
+"""The lab's question 1: error against model size, per depth."""
 
 from __future__ import annotations
 

@@ -1,9 +1,4 @@
-"""What a study found, in words: what it held fixed and varied, its answer from the paired verdicts,
-where its best variant goes wrong, and whether the original lab's findings hold here.
-
-The words come from the runs' records and the study's config (`study:` in conf/experiment/), so a
-student's report says nothing its runs do not show.
-"""
+"""What a study found, in words, from its runs' records and its config's `study:` section."""
 
 from __future__ import annotations
 
@@ -46,8 +41,7 @@ def shown(value: Any) -> str:
 
 
 def settings(study: Study) -> tuple[dict[str, Any], dict[str, list[str]]]:
-    """The settings (dotted keys) every run shares, and those that differ with their values;
-    seeds, logistics and the study's words left out."""
+    """The settings every run shares, and those that differ with their values."""
     flats = [flatten(run.record.get("config", {})) for run in study.runs]
     keys = sorted({k for flat in flats for k in flat})
     fixed, varied = {}, {}
@@ -64,8 +58,6 @@ def settings(study: Study) -> tuple[dict[str, Any], dict[str, list[str]]]:
 
 def settings_lines(study: Study) -> list[str]:
     """Held fixed and varied, as two sentences of the report."""
-    if not any("config" in run.record for run in study.runs):
-        return []  # records of an older mlp_lab, without their config
     fixed, varied = settings(study)
     named = [f"`{k}={shown(fixed[k])}`" for k in KEY_SETTINGS if k in fixed]
     rest = len(fixed) - len(named)
@@ -105,8 +97,7 @@ def difference(a: str, b: str, c: Comparison | None) -> str:
 
 
 def answer(study: Study) -> tuple[str, str] | None:
-    """The study's answer: its first sentence, which the summary table shows, and what follows;
-    None for a study of one variant."""
+    """The study's answer: its first sentence and what follows; None for one variant."""
     groups = variants(study)
     if len(groups) < 2:
         return None
@@ -115,8 +106,7 @@ def answer(study: Study) -> tuple[str, str] | None:
 
 
 def asked_comparisons(study: Study, groups: list[Variant]) -> list[tuple[str, str, Comparison]]:
-    """The comparisons the question asks about (`study.asks`, each "A > B"), named, on MEASURE;
-    those with a side not among the runs left out."""
+    """The comparisons the question asks about (`study.asks`) that the runs hold."""
     name, asked = _namer(study), []
     for claim in study.words.get("asks") or []:
         a, _, b = CLAIM.fullmatch(claim).groups()
@@ -128,8 +118,7 @@ def asked_comparisons(study: Study, groups: list[Variant]) -> list[tuple[str, st
 
 
 def yes_no(asked: list[tuple[str, str, Comparison | None]], paired: str) -> tuple[str, str]:
-    """Yes when A is above B in every comparison asked, No when in none and below in some,
-    Partly when above in some, else Cannot tell; borderline where a comparison is."""
+    """Yes, No, Partly or Cannot tell from the asked comparisons, borderline where one is."""
     cs = [c for *_, c in asked]
     directions = [c.direction if c else "too few seeds" for c in cs]
     said = "; ".join(difference(a, b, c) for a, b, c in asked)
@@ -152,8 +141,7 @@ def yes_no(asked: list[tuple[str, str, Comparison | None]], paired: str) -> tupl
 
 
 def which(study: Study, groups: list[Variant]) -> tuple[str, str]:
-    """For a question without `asks`: the variant with the highest mean, and how each other one
-    stands against it."""
+    """Without `asks`: the best variant, and how each other one stands against it."""
     name, best = _namer(study), best_variant(groups)
     others = [(v, compare(v, best)) for v in groups if v is not best]
     mean = best.mean_std(MEASURE)[0]
@@ -240,8 +228,7 @@ def _side(side: str) -> dict[str, str]:
 
 
 def _resolve(side: str, groups: list[Variant]) -> tuple[Variant, str] | None:
-    """The variant and record key a claim's side names: a variant's MEASURE, or in a one-variant
-    study a metric of the last epoch."""
+    """The variant and record key a claim's side names."""
     if "=" not in side:
         return (groups[0], f"last_{side}") if len(groups) == 1 else None
     wanted = _side(side)
@@ -252,8 +239,7 @@ def _resolve(side: str, groups: list[Variant]) -> tuple[Variant, str] | None:
 
 
 def claim_word(op: str) -> Callable[[float, float], str]:
-    """The word an interval of A − B gives a claim "A > B" or "A = B" (equal: the whole interval
-    within ±EQUAL; cannot tell: it crosses the margin and holds 0)."""
+    """The word an interval of A − B gives a claim "A > B" or "A = B"."""
     if op == ">":
         return lambda low, high: "agrees" if low > 0 else "differs" if high < 0 else "cannot tell"
 
@@ -318,8 +304,7 @@ def agreement_cell(checks: list[Check]) -> str:
 
 
 def agreement(checks: list[Check]) -> str:
-    """One word for a study: agrees (every claim), agrees in part (some), differs (none, some
-    differ), cannot tell; "(borderline)" where a claim is; "-" with no claim."""
+    """One word for a study's claims: agrees, agrees in part, differs, cannot tell, or -."""
     weighed = [c for c in checks if c.word != "not run here"]
     words = {c.word for c in weighed}
     if not words:
@@ -334,8 +319,7 @@ def agreement(checks: list[Check]) -> str:
 
 
 def weak_classes(variant: Variant, count: int = 3) -> str | None:
-    """The classes the variant gets wrong most often on the test set, with what it takes them
-    for, summed over its seeds; None where its records hold no confusion counts."""
+    """The classes the variant gets wrong most often, and what it takes them for."""
     tables = [run.record.get("test_confusion") for run in variant.runs]
     if not all(tables):
         return None
@@ -359,8 +343,7 @@ def weak_classes(variant: Variant, count: int = 3) -> str | None:
 
 
 def overfitting(variant: Variant) -> str | None:
-    """Where validation loss turns while training loss keeps falling, and the train-validation
-    accuracy gap there and at the end; None for fewer than 3 epochs."""
+    """Where validation loss turns while training loss falls, and the accuracy gap."""
     val, train = variant.curve("val_loss"), variant.curve("train_loss")
     if len(val) < 3:
         return None

@@ -1,5 +1,4 @@
-"""The report's figures of a study: each variant's curves over its seeds, and a search's Optuna
-figures."""
+"""The report's figures of a study: each variant's curves, and a search's Optuna figures."""
 
 from __future__ import annotations
 
@@ -34,9 +33,7 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def plot_study(study: Study, path: Path | None = None):
-    """Training and validation loss and accuracy per epoch of each variant: the mean over seeds,
-    and a band from the lowest to the highest seed. One variant: training against validation,
-    the epoch of the lowest validation loss dashed."""
+    """Loss and accuracy per epoch of each variant: the mean over seeds and their range."""
     groups = variants(study)
     one = len(groups) == 1
     # One legend below the plots, one line per variant: a search's labels are long.
@@ -84,8 +81,7 @@ def plot_study(study: Study, path: Path | None = None):
 
 
 def prefixes(groups: list[Variant]) -> dict[str, str]:
-    """Each variant whose every curve is the start of a longer variant's (the same runs until it
-    stopped, as with no schedule tied to the run's length) → that longer variant."""
+    """Each variant whose every curve is the start of a longer variant's → that variant."""
     found = {}
     for short in groups:
         n = len(short.curve("val_acc"))
@@ -108,8 +104,7 @@ def prefix_lines(groups: list[Variant]) -> list[str]:
 
 
 def _log_scale(ax) -> None:
-    """A log y axis (losses of different functions differ in scale) with plain numbers, 0.3 not
-    3×10⁻¹, its minor ticks labelled where they do not crowd: within a decade and a half."""
+    """A log y axis in plain numbers, minor ticks labelled within a decade and a half."""
     ax.set_yscale("log")
     plain = FuncFormatter(lambda y, _: f"{y:.2g}")
     low, high = ax.get_ylim()
@@ -128,8 +123,7 @@ def _band(ax, variant: Variant, key: str, label: str, line: dict) -> None:
 
 
 def search_figures(sweep_dir: Path, out: Path) -> list[str]:
-    """The search's optimisation history, parameter importances and per-epoch values as PNGs in
-    `out`; none when `sweep_dir` is no search's."""
+    """The search's Optuna figures as PNGs in `out`; none for a sweep that is no search."""
     if not (sweep_dir / runs.SEARCH_RECORD).is_file():
         return []
     # Optuna, and pyplot which its figures use, only for a report on a search.

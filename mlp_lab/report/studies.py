@@ -1,8 +1,4 @@
-"""The runs below some folders as studies of variants, and the variants compared seed by seed.
-
-A directory is a run (it holds `.hydra/`), a sweep (numbered runs beside `multirun.yaml`), or any
-folder above them. Runs are grouped by sweep, variants by the overrides that differ between runs.
-"""
+"""The runs below some folders as studies of variants, compared seed by seed."""
 
 from __future__ import annotations
 
@@ -128,8 +124,7 @@ PIXELS, CLASSES, OFFICIAL_TRAIN = 784, 10, 60_000
 
 
 def epoch_flops(run: Run) -> float | None:
-    """The arithmetic of one epoch of the run's linear layers: 2 FLOPs a multiply-add, three passes
-    (forward, and backward's two products) over the training images, one over validation's."""
+    """FLOPs of one epoch: 2 per multiply-add, 3 passes over training, 1 over validation."""
     config = run.record.get("config") or {}
     if not {"model", "data", "trainer"} <= config.keys():
         return None
@@ -146,8 +141,7 @@ def epoch_flops(run: Run) -> float | None:
 
 
 def _limited(images: int, limit: float | int | None, batch: int) -> float:
-    """The images an epoch sees under Lightning's limit_*_batches: a count of batches (int) or a
-    fraction of them (float)."""
+    """The images an epoch sees under limit_*_batches (int: batches; float: a fraction)."""
     if limit is None:
         return images
     return images * limit if isinstance(limit, float) else min(images, limit * batch)
@@ -175,8 +169,7 @@ NOISE = 0.001
 
 @dataclass
 class Comparison:
-    """A variant's value minus another's: the mean difference, its 95 % t-interval, and the spread
-    (sample std) of the per-seed differences where paired."""
+    """A variant's value minus another's: mean, 95 % t-interval and per-seed spread."""
 
     mean: float
     low: float
@@ -202,9 +195,7 @@ class Comparison:
         return f"{sign * self.mean:+.4f} [{ends[0]:+.4f}, {ends[1]:+.4f}]"
 
     def tolerance(self, n: int | None = None) -> float:
-        """How far an end of the interval may move before its word is trusted: one seed's spread
-        of the differences, or what moving every run by NOISE can shift an end (the mean by
-        2·NOISE, the half width by t·2·NOISE/√(n−1)), whichever is larger."""
+        """How far an end may move before its word is trusted (docs/studies.md)."""
         n = n or self.paired_seeds or self.runs
         if n < 2:
             return math.inf
@@ -220,9 +211,7 @@ class Comparison:
         return len({word_of(a, b) for a in _near(low, tol) for b in _near(high, tol)}) > 1
 
     def settled_at(self, word_of: Callable[[float, float], str]) -> int | None:
-        """About how many seeds give an interval of this mean and spread that no longer leaves
-        the word borderline; None where no number up to 1,000 does (the mean itself lies that
-        close). Every count up to 30, then steps of a tenth."""
+        """About how many seeds leave the word firm; None where none up to 1,000 does."""
         if self.spread is None:
             return None
         n, counts = max(self.paired_seeds + 1, MIN_SEEDS), []
@@ -238,9 +227,7 @@ class Comparison:
         return self.mean - half, self.mean + half
 
     def seeds_needed(self, power: float = 0.8) -> int | None:
-        """The seeds at which a paired t-test (two-sided, 5 %) finds a true difference the size
-        of this one in `power` of studies; None where the spread is unknown, the difference 0,
-        or more than 1,000 seeds would be needed."""
+        """Seeds for a paired t-test to find this difference in `power` of studies, or None."""
         if not self.mean or self.spread is None:
             return None
         if not self.spread:
@@ -277,8 +264,7 @@ def sign_word(low: float, high: float) -> str:
 
 
 def _near(end: float, tol: float) -> list[float]:
-    """Points that stand for every value within `tol` of `end`: its two edges and, between them,
-    each side of every line a word is drawn at (0 and ±0.01 of accuracy at most)."""
+    """Points for every value within `tol` of `end`: its edges and each side of each line."""
     lines = [x for x in (-EQUAL, 0.0, EQUAL) if abs(x - end) < tol]
     tiny = 1e-12
     return [end - tol, end + tol, *(x + d for x in lines for d in (-tiny, tiny))]
@@ -297,9 +283,7 @@ def compare(variant: Variant, best: Variant, key: str = MEASURE) -> Comparison |
 def compare_values(
     mine: dict[str, float], theirs: dict[str, float], all_mine: list, all_theirs: list
 ) -> Comparison | None:
-    """`mine` − `theirs` (seed → value), paired by seed where they share two or more seeds, else
-    Welch's unpaired interval over all their runs' values; None with one run on either side,
-    whose noise cannot be told."""
+    """`mine` − `theirs` paired by seed, else Welch's; None with one run on a side."""
     shared = sorted(mine.keys() & theirs.keys())
     spread = None
     with warnings.catch_warnings():
@@ -323,8 +307,7 @@ def compare_values(
 
 
 def label_value(value: str) -> str:
-    """An override's value as a label shows it: a number short (0.0123, not 0.012345678901), a
-    bool as the command line writes it (true: a sweep's overrides say True), else as it is."""
+    """An override's value as a label shows it (0.0123; true, not True)."""
     if value in ("True", "False"):
         return value.lower()
     try:

@@ -1,6 +1,4 @@
-"""The lab's report: for each study its question, settings, table, figures and answer in words,
-with the original lab's finding checked beside ours; report.md, a self-contained report.html, and
-the runs' TensorBoard events linked by study, variant and seed."""
+"""The lab's report: report.md, a self-contained report.html, the runs' TensorBoard links."""
 
 from __future__ import annotations
 
@@ -43,8 +41,7 @@ def _fmt(variant: Variant, key: str, digits: int = 4) -> str:
 
 
 def study_table(study: Study) -> str:
-    """A row per variant: what it is and costs (nothing that depends on the machine's load), its
-    accuracies, and its difference from the best on MEASURE."""
+    """A row per variant: what it is and costs, its accuracies, its Δ from the best."""
     groups = variants(study)
     best = findings.best_variant(groups)
     measure = MEASURE_NAME.replace("accuracy", "acc")
@@ -99,8 +96,7 @@ def write_report(dirs: list[Path], out: Path) -> Path:
 
 
 def link_dashboard(studies: list[Study], logdir: Path) -> None:
-    """`logdir/<study>/<variant>/seed=<n>`, a link to each run's TensorBoard events, so that
-    `tensorboard --logdir logdir` lists and groups the runs as the report does."""
+    """Link each run's events as `logdir/<study>/<variant>/seed=<n>` for TensorBoard."""
     shutil.rmtree(logdir, ignore_errors=True)  # links only: the runs' own files stay
     for study in studies:
         for v in variants(study):
@@ -114,8 +110,7 @@ def link_dashboard(studies: list[Study], logdir: Path) -> None:
 
 
 def link_events(link: Path, events: Path, run_name: str) -> None:
-    """`link` to a run's events directory; where it links another run already (the same variant
-    and seed run twice), `<link>,run=<run_name>` instead."""
+    """`link` to a run's events; `<link>,run=<run_name>` where it links another run."""
     target = os.path.relpath(events, link.parent)
     if link.is_symlink() and os.readlink(link) != target:
         link = link.with_name(f"{link.name},run={run_name}")
@@ -148,14 +143,14 @@ def header(studies: list[Study]) -> list[str]:
     configs = [run.record.get("config", {}) for run in done]
     precisions = sorted({str(c["trainer"]["precision"]) for c in configs if "trainer" in c})
     seeds = sorted({seed_of(run) for run in done}, key=lambda s: (len(s), s))
-    parts = [part for run in done for part in run.record.get("parts", [])]
+    attempts = [attempt for run in done for attempt in run.record.get("attempts", [])]
     line = (
         f"{n} run{'s' * (n != 1)} in {k} stud{'ies' if k != 1 else 'y'}, {date.today()}, on "
         f"{machine()}; precision {', '.join(precisions) or 'not recorded'}; "
         f"seed{'s' * (len(seeds) != 1)} {', '.join(seeds)}."
     )
-    if parts:
-        span = max(map(runs.part_end, parts)) - min(p["started"] for p in parts)
+    if attempts:
+        span = max(map(runs.attempt_end, attempts)) - min(p["started"] for p in attempts)
         line += f" Wall time: {_duration(span)}, from the first run's start to the last run's end."
     if len(seeds) < FIRM_SEEDS:
         line += (
@@ -293,8 +288,7 @@ code { font-size: 12px; }
 
 
 def write_html(report: Path) -> Path:
-    """report.html beside report.md: the same text, its figures inline, a study's figure kept with
-    its table on paper."""
+    """report.html beside report.md: the same text, its figures inline."""
     import markdown  # only here: the rest of the report needs no Markdown renderer
 
     body = markdown.markdown(report.read_text(), extensions=["tables"])

@@ -1,5 +1,4 @@
-"""The XOR question from `mlp_lab.xor`'s record: how many seeds solve it, with a Clopper-Pearson
-interval."""
+"""The XOR question from `mlp_lab.xor`'s record, with a Clopper-Pearson interval."""
 
 from __future__ import annotations
 

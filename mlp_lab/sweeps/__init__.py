@@ -1,4 +1,1 @@
-"""The many-runs layer: a sweep's jobs on this machine (local.py: a process each, a GPU pool) or
-on SLURM (slurm.py), and the Optuna search (search.py). It builds on the training core (a run's
-record, its config); nothing of the core imports it.
-"""
+"""Many runs: a sweep's jobs here (local.py) or on SLURM (slurm.py), the search (search.py)."""

@@ -1,11 +1,6 @@
-"""hydra/launcher=local: a sweep's jobs on this machine, each in a process of its own.
+"""hydra/launcher=local: each job a forked process of its own, whose death is its alone.
 
-    python -m mlp_lab.train -m seed=0,1,2,3 hydra/launcher=local hydra.launcher.n_jobs=2
-
-A job's death (SIGKILL, the kernel's out-of-memory killer) is that job's alone: its record says why,
-the other jobs go on, those not started still start, and the sweep ends with one summary line.
-Each job is a fork of this process, so it starts in milliseconds with everything imported; a pool of
-reused workers (joblib's loky, concurrent.futures) is broken for all its jobs when one worker dies.
+python -m mlp_lab.train -m seed=0,1,2,3 hydra/launcher=local hydra.launcher.n_jobs=2
 """
 
 from __future__ import annotations
@@ -53,8 +48,7 @@ def job_shares(n_jobs: int | None, num_threads: int | None) -> tuple[int, int]:
 
 
 def pool_devices(devices: Any) -> list[str]:
-    """The GPUs a sweep's jobs share: `devices` as listed, or for "auto" those this process may
-    see, counted through NVML without initialising CUDA (its jobs are forks of it); [] for none."""
+    """The GPUs a sweep's jobs share: as listed, or for "auto" those visible; [] for none."""
     if devices is None:
         return []
     if devices == "auto":
@@ -66,8 +60,7 @@ def pool_devices(devices: Any) -> list[str]:
 
 
 def gpus_wanted(trainer: Any, explicit: bool) -> int:
-    """The GPUs one job takes from the pool: its trainer.devices; none for a CPU job, unless
-    the pool was given explicitly (then every job takes its share, whatever it trains on)."""
+    """The GPUs one job takes from the pool: its trainer.devices, none for a CPU job."""
     if not explicit and str(trainer.accelerator) in ("cpu", "mps"):
         return 0
     devices = trainer.devices
@@ -159,12 +152,7 @@ def run_jobs(
     pool: DevicePool | None = None,
     wanted: Sequence[int] = (),
 ) -> list:
-    """Run each job in a forked process, `n_jobs` at a time with `threads` torch threads each and
-    `wanted[i]` GPUs of the `pool` (CUDA_VISIBLE_DEVICES) for job i; an Ending per job.
-
-    `started(index, pid, gpus)` is called as each starts. SIGTERM to this process is passed on to
-    the running jobs and starts no more; so does Ctrl-C, which the terminal sends to the jobs.
-    """
+    """Run each job in a forked process, `n_jobs` at a time; SIGTERM and Ctrl-C stop them all."""
     context = multiprocessing.get_context("fork")
     endings: list[Ending | None] = [None] * len(jobs)
     waiting = collections.deque(range(len(jobs)))
@@ -272,8 +260,7 @@ def returned(ending: Ending, overrides: Sequence[str], config, told: str) -> Job
 
 
 def end_of_sweep(config, told: list[Status], sweep_dir: Path, returns: list[JobReturn]):
-    """A sweep whose jobs did not all end well ends with its summary line; one that did has it
-    printed by RunDirGuard.on_multirun_end. A search sums its trials up itself."""
+    """Raise the summary line of a sweep whose jobs did not all end well."""
     whole_sweep = "BasicSweeper" in config.hydra.sweeper._target_
     if whole_sweep and not all(e.ended for e in told):
         spread = runs.spread(directories.find_runs(sweep_dir))
@@ -282,8 +269,7 @@ def end_of_sweep(config, told: list[Status], sweep_dir: Path, returns: list[JobR
 
 
 class LocalLauncher(Launcher):
-    """Each job of a sweep in a forked process of its own, `n_jobs` at a time, spread over the
-    machine's GPUs, `jobs_per_device` on each."""
+    """Each job in a forked process, `n_jobs` at a time, `jobs_per_device` on each GPU."""
 
     def __init__(
         self, n_jobs: int | None = None, devices: Any = "auto", jobs_per_device: int = 4

@@ -1,17 +1,13 @@
-"""Hyperparameter search: a thin Hydra sweeper over Optuna whose trials are ordinary runs.
+"""A Hydra sweeper over Optuna whose trials are ordinary runs, pruned by the study's pruner.
 
-    python -m mlp_lab.train hparams_search=optuna hydra.sweeper.n_trials=24 hydra.sweeper.n_jobs=2
-
-Workers each ask the shared study for a trial, run it, and tell the study its result: no worker
-waits for another's trial. They are `n_jobs` processes on this machine, or, with a submitit launcher
-(hydra/launcher=slurm), the `n_jobs` tasks of one job array. Each trial reports its val/acc after
-every epoch; the study's pruner may stop it early.
+python -m mlp_lab.train hparams_search=optuna hydra.sweeper.n_trials=24 hydra.sweeper.n_jobs=2
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import multiprocessing
 import os
 import socket
@@ -142,27 +138,22 @@ class OptunaSweeper(Sweeper):
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")  # as Hydra's own sweepers
         record = {"storage": self.cfg.storage, "study_name": self.cfg.study_name}
         (self.sweep_dir / runs.SEARCH_RECORD).write_text(yaml.safe_dump(record))
-        # Each worker claims trial slots until n_trials are taken: none runs more than its share
-        # of a batch, and none waits for another.
-        slots = self.sweep_dir / ".slots"
-        slots.mkdir(exist_ok=True)
         n = self.cfg.n_jobs
         if submitit_launcher(self.config.hydra.launcher._target_):
             cpus = self.config.hydra.launcher.get("cpus_per_task")
             threads = [f"num_threads={cpus}"] if cpus else []
-            job = (space, [*threads, *fixed], slots)
             array = Plugins.instance().instantiate_launcher(
                 config=self.config,
                 hydra_context=self.hydra_context,
-                task_function=functools.partial(_array_task, self, *job),
+                task_function=functools.partial(_array_task, self, space, [*threads, *fixed]),
             )
             # A worker's own Hydra job directory; its trials' are <sweep>/<trial number>.
             array.launch([[*fixed, f"hydra.sweep.subdir=.workers/{k}"] for k in range(n)], 0)
         elif n == 1:
-            self._work(0, space, fixed, slots, self.launcher)
+            self._work(0, space, fixed, self.launcher)
         else:
             threads = [f"num_threads={max(1, (os.cpu_count() or 1) // n)}"]
-            job = (space, [*threads, *fixed], slots, self.launcher)
+            job = (space, [*threads, *fixed], self.launcher)
             context = multiprocessing.get_context("fork")
             workers = [context.Process(target=self._work, args=(k, *job)) for k in range(n)]
             for worker in workers:
@@ -180,28 +171,28 @@ class OptunaSweeper(Sweeper):
         trials = [d for d in directories.find_runs(self.sweep_dir) if ".workers" not in d.parts]
         print(runs.summary([runs.ending(d) for d in trials], self.sweep_dir, noun="trial"))
 
-    def _work(self, worker: int, space: dict, fixed: list[str], slots: Path, launcher) -> None:
-        study = self._study(worker)
-        for slot in range(self.cfg.n_trials):
-            try:
-                (slots / str(slot)).mkdir()
-            except FileExistsError:
-                continue
-            trial = study.ask(space)
-            trial.set_user_attr("worker", runs.new_part(time.time()))
+    def _work(self, worker: int, space: dict, fixed: list[str], launcher) -> None:
+        """Worker `worker` of n_jobs runs its share of the n_trials through Optuna's loop."""
+        share = len(range(worker, self.cfg.n_trials, self.cfg.n_jobs))
+        # The run's trial section: where it reports its epochs (TrialConfig).
+        reference = {"storage": self.cfg.storage, "study_name": self.cfg.study_name}
+        reference.update({f"pruner.{k}": v for k, v in self.cfg.pruner.items()})
+
+        def objective(trial: optuna.Trial) -> float:
+            trial.set_user_attr("worker", runs.new_attempt(time.time()))
             run_dir = self.sweep_dir / str(trial.number)
             trial.set_user_attr("run_dir", str(run_dir))
-            # The run's trial section: where it reports its epochs (TrialConfig).
-            reference = {"storage": self.cfg.storage, "study_name": self.cfg.study_name}
-            reference.update({f"pruner.{k}": v for k, v in self.cfg.pruner.items()})
-            reference["number"] = trial.number
-            overrides = [f"{k}={v}" for k, v in trial.params.items()] + fixed
+            settings = {key: suggest(trial, key, d) for key, d in space.items()}
+            overrides = [f"{k}={v}" for k, v in settings.items()] + fixed
             overrides += [f"trial.{k}={'null' if v is None else v}" for k, v in reference.items()]
+            overrides.append(f"trial.number={trial.number}")
             launcher.launch([overrides], initial_job_idx=trial.number)
-            tell(study, trial.number, run_dir)
+            return outcome(run_dir)
+
+        self._study(worker).optimize(objective, n_trials=share)
 
 
-def _array_task(sweeper: OptunaSweeper, space: dict, fixed: list[str], slots: Path, cfg) -> None:
+def _array_task(sweeper: OptunaSweeper, space: dict, fixed: list[str], cfg) -> None:
     """One task of the workers' job array: runs trials here, in this process, until none is left."""
     launcher = BasicLauncher()
     launcher.setup(
@@ -209,24 +200,38 @@ def _array_task(sweeper: OptunaSweeper, space: dict, fixed: list[str], slots: Pa
         task_function=sweeper.task_function,
         config=sweeper.config,
     )
-    sweeper._work(HydraConfig.get().job.num, space, fixed, slots, launcher)
+    sweeper._work(HydraConfig.get().job.num, space, fixed, launcher)
+
+
+def suggest(trial: optuna.Trial, key: str, distribution) -> Any:
+    """The trial's value of `key`, drawn from its distribution."""
+    if isinstance(distribution, CategoricalDistribution):
+        return trial.suggest_categorical(key, distribution.choices)
+    if isinstance(distribution, IntDistribution):
+        return trial.suggest_int(key, distribution.low, distribution.high, log=distribution.log)
+    return trial.suggest_float(key, distribution.low, distribution.high, log=distribution.log)
+
+
+def outcome(run_dir: Path) -> float:
+    """A trial's value from its run's record: NaN, which Optuna fails in one line, for a run that
+    failed or died (a raised error would be logged with its traceback); TrialPruned when pruned."""
+    record = runs.earlier_record(run_dir)
+    ended = runs.status(record) if record else Status.FAILED
+    if ended is Status.PRUNED:
+        raise optuna.TrialPruned()
+    return record["best_val_acc"] if ended is Status.COMPLETED else math.nan
 
 
 def tell(study: optuna.Study, number: int, run_dir: Path) -> None:
-    """Tell the study what became of a trial, from its run's record (none: it failed)."""
-    record = runs.earlier_record(run_dir)
-    ended = runs.status(record) if record else Status.FAILED
-    if ended is Status.COMPLETED:
-        study.tell(number, record["best_val_acc"])
-    elif ended is Status.PRUNED:
+    """Tell the study what became of a trial its worker never told."""
+    try:
+        study.tell(number, outcome(run_dir))
+    except optuna.TrialPruned:
         study.tell(number, state=optuna.trial.TrialState.PRUNED)
-    else:
-        study.tell(number, state=optuna.trial.TrialState.FAIL)
 
 
 def fail_dead_trials(study: optuna.Study) -> None:
-    """Settle the trials a dead worker left running (killed, out of memory): from their run's
-    record when it finished, else as failed."""
+    """Settle the trials a dead worker left running, from their run's record."""
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         run_dir = Path(trial.user_attrs.get("run_dir", ""))
         record = runs.earlier_record(run_dir) if run_dir.name else {}
@@ -234,7 +239,7 @@ def fail_dead_trials(study: optuna.Study) -> None:
         if record:  # dead, or finished but never told to the study by its worker
             dead = runs.status(record) is not Status.RUNNING
         elif worker and worker["host"] == socket.gethostname():
-            dead = not runs.part_alive(worker)
+            dead = not runs.attempt_alive(worker)
         else:
             dead = False  # no record yet, on another host: it may be starting
         if dead:

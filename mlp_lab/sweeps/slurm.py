@@ -1,7 +1,6 @@
-"""hydra/launcher=slurm: a sweep's jobs as a SLURM job array (submitit's launcher), whose jobs
-killed outright are seen as killed.
+"""hydra/launcher=slurm: a sweep as a SLURM job array (submitit's), jobs killed outright seen.
 
-    python -m mlp_lab.train -m seed=0,1,2,3 hydra/launcher=slurm
+python -m mlp_lab.train -m seed=0,1,2,3 hydra/launcher=slurm
 """
 
 from __future__ import annotations
@@ -27,13 +26,7 @@ log = logging.getLogger(__name__)
 
 
 class SlurmLauncher(submitit_launcher.SlurmLauncher):
-    """hydra/launcher=slurm: submitit's, which also sees a job die on a cluster without accounting.
-
-    submitit learns that a job ended from `sacct` or from the result the job writes; without
-    accounting, a job killed outright (SIGKILL, out of memory, a lost node) writes none and would be
-    waited for forever. Here a job that has left SLURM's queue (`squeue`) without its result, and
-    whose record has stopped beating, is marked killed, and the sweep ends.
-    """
+    """submitit's SLURM launcher that also sees a job die on a cluster without accounting."""
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
         import submitit
@@ -110,8 +103,7 @@ def _wait_for(job, run_dir: Path) -> Ending:
 
 
 def _died(run_dir: Path, out_of_queue_s: float) -> bool:
-    """Whether a job out of the queue this long died: its run's process is gone, or its record
-    has stopped beating for longer than the grace a job has to write its result."""
+    """Whether a job out of the queue this long died: its record stopped beating."""
     record = runs.earlier_record(run_dir)
     if record and runs.status(record) is Status.KILLED:
         return True
