@@ -44,7 +44,7 @@ def displacement_fields(noise: torch.Tensor, alpha: float, sigma: float) -> torc
     offsets = torch.arange(-radius, radius + 1, device=noise.device)
     weights = torch.exp(-(offsets.to(noise.dtype) ** 2) / (2 * sigma**2))
     # The blur as a size×size matrix, (blur @ f)[i] = Σ_t w_t f[clamp(i + t)]: two small matrix
-    # products per field, several times faster than a convolution here.
+    # products per field (faster than a convolution: benchmarks/code_choices.py).
     taps = (torch.arange(size, device=noise.device)[:, None] + offsets).clamp(0, size - 1)
     blur = torch.zeros(size, size, dtype=noise.dtype, device=noise.device)
     blur.scatter_add_(1, taps, (weights / weights.sum()).expand(size, -1).contiguous())
@@ -134,7 +134,7 @@ class TensorBatches:
         order = order.to(self.x.device)
         for start in range(0, len(order), bs):
             idx = order[start : start + bs]
-            # index_select is several times faster than `x[idx]` for row gathers on the CPU.
+            # index_select, not `x[idx]`: faster gathers (benchmarks/code_choices.py).
             yield self._augment(self.x.index_select(0, idx), gen), self.y.index_select(0, idx)
 
     def _augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -169,7 +169,7 @@ class MNISTDataModule(L.LightningDataModule):
         return list(self.info.classes)
 
     @property
-    def facts(self) -> dict:
+    def dataset_hparams(self) -> dict:
         """What a model of this dataset must know, kept in its checkpoint."""
         info = self.info
         return {

@@ -167,8 +167,8 @@ def _download(info: DatasetInfo, root: Path) -> bool:
                 info.torchvision_class(str(root), train=train, download=True)
     except Exception as err:  # any network or mirror failure means "not reachable"
         # Some failures say nothing themselves; torchvision's last word then says why.
-        said = str(err).strip().splitlines() or chatter.getvalue().strip().splitlines()[-1:]
-        reason = said[0] if said else type(err).__name__
+        lines = str(err).strip().splitlines() or chatter.getvalue().strip().splitlines()[-1:]
+        reason = lines[0] if lines else type(err).__name__
         log.info("no download of %s (%s); trying offline packages", info.title, reason)
         return False
     return True

@@ -52,10 +52,10 @@ def output_dir(ckpt: Path) -> Path:
 
 def check_fits(model: MLPClassifier, dm: MNISTDataModule, ckpt: Path) -> None:
     """Refuse a model whose input size or class count are not the dataset's."""
-    facts = model.hparams.data
-    if (facts["in_features"], facts["num_classes"]) != (dm.in_features, dm.num_classes):
+    inputs, classes = model.hparams.data["in_features"], model.hparams.data["num_classes"]
+    if (inputs, classes) != (dm.in_features, dm.num_classes):
         raise EvalError(
-            f"{ckpt} was trained on {facts['in_features']} inputs and {facts['num_classes']} "
+            f"{ckpt} was trained on {inputs} inputs and {classes} "
             f"classes; {dm.name} has {dm.in_features} inputs and {dm.num_classes} classes: "
             "give a checkpoint of a model trained on mnist or fashion_mnist"
         )

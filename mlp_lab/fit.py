@@ -39,17 +39,17 @@ class OutOfMemory(RuntimeError):
 STOPS = (DataError, TrainingDiverged, RunInterrupted, OutOfMemory)
 
 
-def train(cfg: TrainConfig, run_dir: Path, lead: Sequence[str] = (), label: str = "") -> dict:
+def train(cfg: TrainConfig, run_dir: Path, leading: Sequence[str] = (), label: str = "") -> dict:
     """Fit, test the best-val checkpoint and return the run's record ({} on DDP's other ranks)."""
     try:
-        return _train(cfg, run_dir, lead, label)
+        return _train(cfg, run_dir, leading, label)
     except (MemoryError, RuntimeError) as err:
         if (why := out_of_memory(err)) is None:
             raise
         raise OutOfMemory(why) from None
 
 
-def _train(cfg: TrainConfig, run_dir: Path, lead: Sequence[str], label: str) -> dict:
+def _train(cfg: TrainConfig, run_dir: Path, leading: Sequence[str], label: str) -> dict:
     wall_start, started = time.perf_counter(), time.time()
     use_threads(cfg.num_threads)
     dm, module = build(cfg)
@@ -77,17 +77,17 @@ def _train(cfg: TrainConfig, run_dir: Path, lead: Sequence[str], label: str) -> 
     if record is None:
         return {}
     times = {"fit_time_s": fit_time, "wall_time_s": time.perf_counter() - wall_start}
-    kept = results(trainer, test, run_dir, len(record["history"]))
-    kept |= loggers.mlflow_run(logger, cfg.logger)
+    outcome = results(trainer, test, run_dir, len(record["history"]))
+    outcome |= loggers.mlflow_run(logger, cfg.logger)
     if start_from is not None:
-        kept["started_from"] = str(start_from)
+        outcome["started_from"] = str(start_from)
     preds, matrix = confusion(module, dm)
-    kept["test_confusion"] = {"classes": dm.class_names, "counts": matrix.tolist()}
-    kept["images"] = {split: len(labels) for split, (_, labels) in dm.splits.items()}
-    record = runs.finish(run_dir, record, pruned(trainer), times, **kept)
+    outcome["test_confusion"] = {"classes": dm.class_names, "counts": matrix.tolist()}
+    outcome["images"] = {split: len(labels) for split, (_, labels) in dm.splits.items()}
+    record = runs.finish(run_dir, record, pruned(trainer), times, **outcome)
     figures = draw(dm, preds, matrix, record["history"], run_dir)
     finals = {f"final/{k}": record[k] for k in ("best_val_acc", "test_acc", "test_loss")}
-    settings = loggers.run_settings(cfg, lead)
+    settings = loggers.run_settings(cfg, leading)
     loggers.send_results(logger, settings, finals, figures, record["epochs"])
     return record
 
@@ -104,7 +104,7 @@ def build(cfg: TrainConfig) -> tuple[MNISTDataModule, MLPClassifier]:
     L.seed_everything(cfg.seed, workers=True)
     dm = MNISTDataModule(cfg.data, cfg.seed)
     dm.prepare_data()  # a missing or corrupt dataset stops the run here, before anything is built
-    module = MLPClassifier.from_config(cfg, dm.facts)
+    module = MLPClassifier.from_config(cfg, dm.dataset_hparams)
     widths = "-".join(map(str, [dm.in_features, *cfg.model.hidden, dm.num_classes]))
     log.info(
         "MLP %s %s: %s parameters; %d torch threads",
@@ -210,12 +210,12 @@ def pruned(trainer: L.Trainer) -> bool:
 def results(trainer: L.Trainer, test: dict, run_dir: Path, epochs: int) -> dict:
     """What the record keeps of the test and the checkpoints, and where early stopping stopped."""
     best = Path(trainer.checkpoint_callback.best_model_path)
-    kept = {"test_acc": test["test/acc"], "test_loss": test["test/loss"]}
-    kept["checkpoint"] = str(best.relative_to(run_dir))
+    outcome = {"test_acc": test["test/acc"], "test_loss": test["test/loss"]}
+    outcome["checkpoint"] = str(best.relative_to(run_dir))
     early = trainer.early_stopping_callback
     if early is not None and early.stopped:
-        kept["stopped_early"] = {"epoch": epochs, "patience": early.patience}
-    return kept
+        outcome["stopped_early"] = {"epoch": epochs, "patience": early.patience}
+    return outcome
 
 
 def confusion(module: MLPClassifier, dm: MNISTDataModule) -> tuple[torch.Tensor, torch.Tensor]:

@@ -57,8 +57,8 @@ def run_settings(cfg: TrainConfig, first: Sequence[str] = ()) -> dict[str, Any]:
         for name, value in flatten(asdict(cfg)).items()
         if not is_logistics(name) and name not in unused
     }
-    lead = [n for n in settings if any(n == k or n.startswith(f"{k}.") for k in first)]
-    return {name.replace(".", "/"): settings[name] for name in [*lead, *settings]}
+    leading = [n for n in settings if any(n == k or n.startswith(f"{k}.") for k in first)]
+    return {name.replace(".", "/"): settings[name] for name in [*leading, *settings]}
 
 
 def build(cfg: LoggerConfig, run_dir: Path, label: str = "") -> list[Logger]:

@@ -73,15 +73,15 @@ def quiet_resume() -> None:
 
 
 class AccountingMissing(logging.Filter):
-    """submitit's warning on every failed `sacct` poll, said once in one line."""
+    """submitit's warning on every failed `sacct` poll, warned once in one line."""
 
-    said = False
+    warned = False
 
     def filter(self, record: logging.LogRecord) -> bool:
         if "Bypassing sacct error" not in record.getMessage():
             return True
-        if not AccountingMissing.said:
-            AccountingMissing.said = True
+        if not AccountingMissing.warned:
+            AccountingMissing.warned = True
             log.warning(
                 "sacct fails here (a SLURM cluster without job accounting): submitit follows its "
                 "jobs by the result files they write instead"

@@ -28,7 +28,7 @@ class MLPClassifier(L.LightningModule):
     """Trains an `MLP`; its hparams are the config's sections, so a checkpoint rebuilds it."""
 
     def __init__(self, model: dict, loss: dict, optimizer: dict, data: dict):
-        """`model`, `loss`, `optimizer`: the config's sections; `data`: `MNISTDataModule.facts`."""
+        """`model`, `loss`, `optimizer`: config sections; `data`: MNISTDataModule.dataset_hparams"""
         super().__init__()
         # In the checkpoint; the logger gets the run's settings, with its results, at the end.
         self.save_hyperparameters(logger=False)
@@ -54,7 +54,7 @@ class MLPClassifier(L.LightningModule):
 
     @classmethod
     def from_config(cls, cfg, data: dict) -> MLPClassifier:
-        """The model of a `TrainConfig`, for a dataset with these facts."""
+        """The model of a `TrainConfig`, for a dataset of these `data` hparams."""
         return cls(**{name: asdict(getattr(cfg, name)) for name in SECTIONS}, data=data)
 
     @property
@@ -74,8 +74,8 @@ class MLPClassifier(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = self.criterion(logits, y)
-        # Metrics are only updated here and logged once per epoch: a `self.log` call costs about
-        # a millisecond in Lightning, as long as this whole step on the CPU.
+        # Metrics are only updated here and logged once per epoch: logging per step slowed an
+        # epoch (docs/performance.md, "What each change bought").
         getattr(self, f"{stage}_loss").update(loss.detach(), len(y))
         getattr(self, f"{stage}_acc").update(logits.detach(), y)
         return loss

@@ -108,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         "s" * (threads != 1),
     )
     endings = local.run_jobs([resume_job(d) for d in todo], n_jobs, threads)
-    told = [local.settle(d, e) for d, e in zip(todo, endings, strict=True)]
-    line = runs.summary(told, args.folder)
+    statuses = [local.record_ending(d, e) for d, e in zip(todo, endings, strict=True)]
+    line = runs.summary(statuses, args.folder)
     print(line)
-    return 0 if all(t.ended for t in told) else 1
+    return 0 if all(t.ended for t in statuses) else 1
 
 
 if __name__ == "__main__":

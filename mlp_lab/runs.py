@@ -117,9 +117,9 @@ def attempt_alive(attempt: dict, stale_after: float = STALE_AFTER_S) -> bool:
 
 def status(record: dict, stale_after: float | None = None) -> Status:
     """What a run is now: its record's status, killed where running and its process gone."""
-    said = Status(record.get("status", Status.COMPLETED))
-    if said is not Status.RUNNING:
-        return said
+    recorded = Status(record.get("status", Status.COMPLETED))
+    if recorded is not Status.RUNNING:
+        return recorded
     longest = max((e["epoch_time_s"] for e in record.get("history", [])), default=0.0)
     stale_after = stale_after or max(STALE_AFTER_S, 3 * longest)
     alive = bool(record.get("attempts")) and attempt_alive(record["attempts"][-1], stale_after)
@@ -279,11 +279,11 @@ def most_at_once(spans: list[tuple[float, float]]) -> int:
 def summary(endings: list[Status], folder: Path, noun: str = "run", spread: str = "") -> str:
     """One line: how many runs ended how (`spread`: on which GPUs) and the command to go on with."""
     counts = collections.Counter(endings)
-    told = ", ".join(f"{counts[s]} {s}" for s in Status if counts[s])
+    counted = ", ".join(f"{counts[s]} {s}" for s in Status if counts[s])
     n = len(endings)
     stopped = {Status.KILLED, Status.INTERRUPTED, Status.RUNNING} & set(endings)
     if noun == "run" and stopped:  # a search's trials are settled by the search
         then = f"resume with: {resume_command(folder)}"
     else:
         then = f"report: python -m mlp_lab.report {folder}"
-    return f"{n} {noun}{'s' if n != 1 else ''}{spread}: {told} ({then})"
+    return f"{n} {noun}{'s' if n != 1 else ''}{spread}: {counted} ({then})"

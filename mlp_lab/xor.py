@@ -64,7 +64,7 @@ class XORNet(nn.Module):
 
 
 # A loss line is printed where the loss moved by more than this fraction since the last one: once
-# solved, it jitters at float32's floor (3.6e-13 ± 2 %) and says nothing new.
+# solved, it only jitters at float32's floor.
 MOVED = 0.1
 
 

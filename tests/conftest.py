@@ -19,7 +19,7 @@ from mlp_lab.module import MLPClassifier
 from mlp_lab.train import load_config
 
 CONF_DIR = str(PROJECT_DIR / "conf")
-# A dataset's facts as MNISTDataModule.facts gives them, for models built without data.
+# A dataset's hparams as MNISTDataModule.dataset_hparams gives them, for models built without data.
 FACTS = {
     "name": "fashion_mnist",
     "in_features": 784,

@@ -129,8 +129,8 @@ def test_the_command_prints_one_line_and_writes_only_its_two_files(trained, synt
 @pytest.fixture
 def other_model(tmp_path):
     """A checkpoint of a model of 100 inputs and 5 classes."""
-    facts = {**FACTS, "in_features": 100, "num_classes": 5, "class_names": list("abcde")}
-    module = MLPClassifier.from_config(load_config("model.hidden=[8]"), facts)
+    trained_on = {**FACTS, "in_features": 100, "num_classes": 5, "class_names": list("abcde")}
+    module = MLPClassifier.from_config(load_config("model.hidden=[8]"), trained_on)
     return save_checkpoint(module, tmp_path / "other.ckpt")
 
 

@@ -89,11 +89,11 @@ def difference(a: str, b: str, c: Comparison | None) -> str:
     """A − B in words, with its direction and size: above, below, or not told apart."""
     if c is None or c.direction == "too few seeds":
         return f"{a} against {b}: too few seeds"
-    said = {
+    found = {
         "better": f"{a} is above {b} by {c.interval()}",
         "worse": f"{a} is below {b} by {c.interval()}",
     }.get(c.direction, f"{a} and {b} are not told apart ({c.interval()})")
-    return said + (" (borderline)" if c.fragile(sign_word) else "")
+    return found + (" (borderline)" if c.fragile(sign_word) else "")
 
 
 def answer(study: Study) -> tuple[str, str] | None:
@@ -121,14 +121,14 @@ def yes_no(asked: list[tuple[str, str, Comparison | None]], paired: str) -> tupl
     """Yes, No, Partly or Cannot tell from the asked comparisons, borderline where one is."""
     cs = [c for *_, c in asked]
     directions = [c.direction if c else "too few seeds" for c in cs]
-    said = "; ".join(difference(a, b, c) for a, b, c in asked)
+    found = "; ".join(difference(a, b, c) for a, b, c in asked)
     borderline = " (borderline)" if any(c.fragile(sign_word) for c in cs if c) else ""
     if "too few seeds" in directions:  # no verdict, so nothing to call borderline
         seeds = max((c.paired_seeds for c in cs if c), default=1)
-        return f"Cannot tell with {seeds} seed{'s' * (seeds != 1)}: {said}.", _more_seeds(cs)
+        return f"Cannot tell with {seeds} seed{'s' * (seeds != 1)}: {found}.", _more_seeds(cs)
     if set(directions) == {"no clear difference"}:
         seeds = max((c.paired_seeds for c in cs if c), default=1)
-        first = f"Cannot tell with {seeds} seed{'s' * (seeds != 1)}{borderline}: {said}."
+        first = f"Cannot tell with {seeds} seed{'s' * (seeds != 1)}{borderline}: {found}."
         return first, " ".join(filter(None, [_more_seeds(cs), *map(_settle, cs)]))
     if set(directions) == {"better"}:
         word = "Yes"
@@ -136,7 +136,7 @@ def yes_no(asked: list[tuple[str, str, Comparison | None]], paired: str) -> tupl
         word = "No"
     else:
         word = "Partly"
-    first = f"{word}{borderline}: {said} ({MEASURE_NAME}{paired})."
+    first = f"{word}{borderline}: {found} ({MEASURE_NAME}{paired})."
     return first, " ".join(filter(None, map(_settle, cs)))
 
 
@@ -145,7 +145,7 @@ def which(study: Study, groups: list[Variant]) -> tuple[str, str]:
     name, best = _namer(study), best_variant(groups)
     others = [(v, compare(v, best)) for v in groups if v is not best]
     mean = best.mean_std(MEASURE)[0]
-    said = [f"{name(best.label)} has the highest {MEASURE_NAME} ({mean:.4f})"]
+    found = [f"{name(best.label)} has the highest {MEASURE_NAME} ({mean:.4f})"]
     for word, heading in (("worse", "below it"), ("no clear difference", "not told apart")):
         named = [
             f"{name(v.label)} ({c.interval()}{', borderline' * c.fragile(sign_word)})"
@@ -153,12 +153,12 @@ def which(study: Study, groups: list[Variant]) -> tuple[str, str]:
             if c and c.direction == word
         ]
         if named:
-            said.append(f"{heading}{_paired(others)}: {', '.join(named)}")
+            found.append(f"{heading}{_paired(others)}: {', '.join(named)}")
     unsure = [v for v, c in others if not c or c.direction == "too few seeds"]
     if unsure:
-        said.append(f"too few seeds against {', '.join(name(v.label) for v in unsure)}")
+        found.append(f"too few seeds against {', '.join(name(v.label) for v in unsure)}")
     cs = [c for _, c in others]
-    return "; ".join(said) + ".", _more_seeds(cs) if unsure else ""
+    return "; ".join(found) + ".", _more_seeds(cs) if unsure else ""
 
 
 def _settle(c: Comparison | None, word_of: Callable = sign_word, line: str = "0") -> str:
@@ -202,14 +202,6 @@ def _more_seeds(cs: list[Comparison | None]) -> str:
     return f"Differences this size would take about {max(needs)} seeds to tell."
 
 
-def short_answer(study: Study) -> str:
-    """The answer's first sentence, for the summary table."""
-    groups = variants(study)
-    if len(groups) < 2:
-        return overfitting_short(groups[0]) if groups else "-"
-    return answer(study)[0]
-
-
 @dataclass
 class Check:
     """One claim of the lab weighed against our runs."""
@@ -218,7 +210,7 @@ class Check:
     word: str  # agrees, differs, cannot tell, not run here
     why: str
     borderline: bool = False
-    said: str = ""  # the difference's direction and size, in a clause
+    found: str = ""  # the difference's direction and size, in a clause
 
 
 def _side(side: str) -> dict[str, str]:
@@ -277,30 +269,30 @@ def _weigh(claim: str, op: str, c: Comparison | None, names: tuple, what: str) -
     paired = _paired([(None, c)]).removeprefix(", ")
     measured = f"{c.interval()} {what}, {paired}"
     if op == "=" and word == "agrees":
-        why = said = f"{a} and {b} are equal within ±{EQUAL}: {measured}"
+        why = found = f"{a} and {b} are equal within ±{EQUAL}: {measured}"
     elif word == "cannot tell":
         crosses = f", crossing the margin ±{EQUAL}" if op == "=" else ""
-        said = f"{a} and {b} are not told apart ({c.interval()}){crosses}"
+        found = f"{a} and {b} are not told apart ({c.interval()}){crosses}"
         why = f"not told apart: {measured}{crosses}"
         if c.seeds_needed():
             why += f"; about {c.seeds_needed()} seeds would tell"
     else:
-        said = f"{a} is {'above' if c.mean > 0 else 'below'} {b} by {c.interval()}"
+        found = f"{a} is {'above' if c.mean > 0 else 'below'} {b} by {c.interval()}"
         unequal = f", not equal to it (margin ±{EQUAL})" if op == "=" else ""
         why = f"{a} is {'above' if c.mean > 0 else 'below'} {b} by {measured}{unequal}"
-        said += unequal
+        found += unequal
     borderline = c.fragile(word_of)
     if borderline:
         why += f"; {_settled(c, word_of)}"
-    return Check(claim, word, why, borderline, said)
+    return Check(claim, word, why, borderline, found)
 
 
 def agreement_cell(checks: list[Check]) -> str:
     """The study's agreement, then what each claim that does not agree found instead."""
     apart = [c for c in checks if c.word in ("differs", "cannot tell")]
     if len(checks) == 1 and apart:
-        return f"{agreement(checks)}: {apart[0].said}"
-    return "; ".join([agreement(checks), *(f"{c.word}: {c.said}" for c in apart)])
+        return f"{agreement(checks)}: {apart[0].found}"
+    return "; ".join([agreement(checks), *(f"{c.word}: {c.found}" for c in apart)])
 
 
 def agreement(checks: list[Check]) -> str:
@@ -330,15 +322,15 @@ def weak_classes(variant: Variant, count: int = 3) -> str | None:
     ]
     right = [counts[i][i] / max(sum(counts[i]), 1) for i in range(len(names))]
     worst = sorted(range(len(names)), key=right.__getitem__)[:count]
-    said = []
+    found = []
     for i in worst:
         j = max((j for j in range(len(names)) if j != i), key=counts[i].__getitem__)
         taken = counts[i][j] / max(sum(counts[i]), 1)
-        said.append(f"{names[i]} {right[i]:.3f} right ({taken:.3f} taken for {names[j]})")
+        found.append(f"{names[i]} {right[i]:.3f} right ({taken:.3f} taken for {names[j]})")
     runs = len(variant.runs)
     return (
         f"Where `{variant.label}` goes wrong (test images, {runs} run{'s' * (runs > 1)} "
-        f"together): {'; '.join(said)}."
+        f"together): {'; '.join(found)}."
     )
 
 

@@ -211,7 +211,7 @@ def study_section(study: Study, out: Path) -> tuple[tuple, tuple[str, ...], list
                 findings.weak_classes(best),
             ]
         )
-        ours = findings.short_answer(study)
+        ours = first if len(groups) > 1 else findings.overfitting_short(best)
         checks = findings.lab_checks(study)
         agree, agree_cell = findings.agreement(checks), findings.agreement_cell(checks)
         lines += lab_lines(words, checks, agree)
@@ -255,11 +255,11 @@ def complexity_lines(study: Study, out: Path) -> list[str]:
 
 def xor_section(xor: XORFinding) -> tuple[tuple, tuple[str, ...], list[str]]:
     words, settings = xor.words, xor.record["xor"]
-    said, agree = xor.answer()
+    found, agree = xor.answer()
     question = words.get("question") or "XOR"
     lines = ["", "## xor", "", f"**Question:** {question}", "", f"Record: `{xor.path}`", ""]
     held = ", ".join(f"`xor.{k}={v}`" for k, v in settings.items())
-    lines += [f"**Held fixed:** {held}; MSE loss, full-batch SGD.", "", f"**Our answer:** {said}"]
+    lines += [f"**Held fixed:** {held}; MSE loss, full-batch SGD.", "", f"**Our answer:** {found}"]
     if words.get("lab_found"):
         lines += ["", f"**The original lab found:** {words['lab_found']}. **Ours {agree}.**"]
     row = (question, xor.short(), words.get("lab_found") or "-", agree)

@@ -230,7 +230,7 @@ def _death(exitcode: int | None, oom_seen: int | None, oom_now: int | None) -> s
     return f"exited with code {exitcode} without a result"
 
 
-def settle(run_dir: Path, ending: Ending) -> Status:
+def record_ending(run_dir: Path, ending: Ending) -> Status:
     """Write into a job's record how it ended, where the job could not, and return its ending."""
     if not ending.started:
         return Status.NOT_STARTED
@@ -249,22 +249,22 @@ def settle(run_dir: Path, ending: Ending) -> Status:
     return Status.FAILED
 
 
-def returned(ending: Ending, overrides: Sequence[str], config, told: str) -> JobReturn:
+def returned(ending: Ending, overrides: Sequence[str], config, status: str) -> JobReturn:
     """What Hydra gets back for a job: its own JobReturn, or a failed one saying how it ended."""
     if isinstance(ending.result, JobReturn):
         return ending.result
     failed = JobReturn(overrides=list(overrides), cfg=config)
     failed.status = JobStatus.FAILED
-    failed.return_value = SweepIncomplete(f"{config.hydra.job.num}: {told}")
+    failed.return_value = SweepIncomplete(f"{config.hydra.job.num}: {status}")
     return failed
 
 
-def end_of_sweep(config, told: list[Status], sweep_dir: Path, returns: list[JobReturn]):
+def end_of_sweep(config, statuses: list[Status], sweep_dir: Path, returns: list[JobReturn]):
     """Raise the summary line of a sweep whose jobs did not all end well."""
     whole_sweep = "BasicSweeper" in config.hydra.sweeper._target_
-    if whole_sweep and not all(e.ended for e in told):
+    if whole_sweep and not all(e.ended for e in statuses):
         spread = runs.spread(directories.find_runs(sweep_dir))
-        raise SweepIncomplete(runs.summary(told, sweep_dir, spread=spread))
+        raise SweepIncomplete(runs.summary(statuses, sweep_dir, spread=spread))
     return returns
 
 
@@ -309,14 +309,14 @@ class LocalLauncher(Launcher):
         jobs = [self._job(c) for c in configs]
         endings = run_jobs(jobs, n_jobs, threads, started, pool, wanted)
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        returns, told = [], []
+        returns, statuses = [], []
         for index, (config, ending) in enumerate(zip(configs, endings, strict=True)):
             run_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
-            told.append(settle(run_dir, ending))
-            returns.append(returned(ending, job_overrides[index], config, told[-1]))
+            statuses.append(record_ending(run_dir, ending))
+            returns.append(returned(ending, job_overrides[index], config, statuses[-1]))
             if ending.died_of is not None:
                 log.error("#%d %s: %s", initial_job_idx + index, ending.died_of, run_dir)
-        return end_of_sweep(self.config, told, sweep_dir, returns)
+        return end_of_sweep(self.config, statuses, sweep_dir, returns)
 
     def _config(self, overrides: Sequence[str], idx: int):
         config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))

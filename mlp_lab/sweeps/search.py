@@ -172,8 +172,13 @@ class OptunaSweeper(Sweeper):
         print(runs.summary([runs.ending(d) for d in trials], self.sweep_dir, noun="trial"))
 
     def _work(self, worker: int, space: dict, fixed: list[str], launcher) -> None:
-        """Worker `worker` of n_jobs runs its share of the n_trials through Optuna's loop."""
-        share = len(range(worker, self.cfg.n_trials, self.cfg.n_jobs))
+        """Run trials in Optuna's loop until the command's n_trials are claimed by its workers."""
+        # Each trial first claims one of the command's slots by an atomic mkdir, the next one when
+        # a trial ends: exactly n_trials run, and a worker whose trials end early takes more.
+        slots = (self.sweep_dir / ".slots" / str(k) for k in range(self.cfg.n_trials))
+        claims = filter(_claim, slots)
+        if next(claims, None) is None:
+            return
         # The run's trial section: where it reports its epochs (TrialConfig).
         reference = {"storage": self.cfg.storage, "study_name": self.cfg.study_name}
         reference.update({f"pruner.{k}": v for k, v in self.cfg.pruner.items()})
@@ -189,7 +194,19 @@ class OptunaSweeper(Sweeper):
             launcher.launch([overrides], initial_job_idx=trial.number)
             return outcome(run_dir)
 
-        self._study(worker).optimize(objective, n_trials=share)
+        def claim_next(study: optuna.Study, trial) -> None:
+            if next(claims, None) is None:
+                study.stop()
+
+        self._study(worker).optimize(objective, callbacks=[claim_next])
+
+
+def _claim(slot: Path) -> bool:
+    try:
+        slot.mkdir(parents=True)
+    except FileExistsError:
+        return False
+    return True
 
 
 def _array_task(sweeper: OptunaSweeper, space: dict, fixed: list[str], cfg) -> None:
@@ -223,7 +240,7 @@ def outcome(run_dir: Path) -> float:
 
 
 def tell(study: optuna.Study, number: int, run_dir: Path) -> None:
-    """Tell the study what became of a trial its worker never told."""
+    """Tell the study what became of a trial whose worker died."""
     try:
         study.tell(number, outcome(run_dir))
     except optuna.TrialPruned:
@@ -232,11 +249,13 @@ def tell(study: optuna.Study, number: int, run_dir: Path) -> None:
 
 def fail_dead_trials(study: optuna.Study) -> None:
     """Settle the trials a dead worker left running, from their run's record."""
+    # Not Optuna's heartbeat (RDBStorage's heartbeat_interval, RetryFailedTrialCallback): Optuna
+    # 5.1's JournalStorage keeps none, and a trial whose run finished keeps its value this way.
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         run_dir = Path(trial.user_attrs.get("run_dir", ""))
         record = runs.earlier_record(run_dir) if run_dir.name else {}
         worker = trial.user_attrs.get("worker")
-        if record:  # dead, or finished but never told to the study by its worker
+        if record:  # dead, or finished but its worker died before telling the study
             dead = runs.status(record) is not Status.RUNNING
         elif worker and worker["host"] == socket.gethostname():
             dead = not runs.attempt_alive(worker)

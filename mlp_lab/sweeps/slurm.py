@@ -6,6 +6,7 @@ python -m mlp_lab.train -m seed=0,1,2,3 hydra/launcher=slurm
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import time
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from omegaconf import OmegaConf, open_dict
 from mlp_lab import runs
 from mlp_lab.messages import first_line, squeue_forgot
 from mlp_lab.runs import Status
-from mlp_lab.sweeps.local import Ending, end_of_sweep, returned, settle
+from mlp_lab.sweeps.local import Ending, end_of_sweep, record_ending, returned
 
 log = logging.getLogger(__name__)
 
@@ -29,23 +30,25 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
     """submitit's SLURM launcher that also sees a job die on a cluster without accounting."""
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
+        # hydra-submitit-launcher 1.2.0's BaseSubmititLauncher.launch up to `executor.map_array`;
+        # its last line, `return [j.results()[0] for j in jobs]`, waits forever for a job killed
+        # outright where SLURM keeps no accounting (submitit asks sacct whether a job ended): here
+        # `_wait_for` sees it leave the queue without a result, and its record says killed.
         import submitit
 
+        params = dict(self.params)
+        folder, timeouts = params.pop("submitit_folder"), params.pop("max_num_timeout")
         executor = submitit.AutoExecutor(
-            cluster="slurm",
-            folder=self.params["submitit_folder"],
-            slurm_max_num_timeout=self.params["max_num_timeout"],
+            cluster="slurm", folder=folder, slurm_max_num_timeout=timeouts
         )
         base = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(
-            **{
-                key if key in base else f"slurm_{key}": value
-                for key, value in self.params.items()
-                if key not in ("submitit_folder", "max_num_timeout")
-            }
+            **{k if k in base else f"slurm_{k}": v for k, v in params.items()}
         )
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
         log.info("Submitting %d jobs to SLURM; sweep directory %s", len(job_overrides), sweep_dir)
         arguments = []
         for idx, overrides in enumerate(job_overrides, initial_job_idx):
@@ -53,7 +56,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             state = Singleton.get_state()
             arguments.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", state))
         jobs = executor.map_array(self, *zip(*arguments, strict=True))
-        returns, told = [], []
+        returns, endings = [], []
         for idx, (job, overrides) in enumerate(
             zip(jobs, job_overrides, strict=True), initial_job_idx
         ):
@@ -64,9 +67,9 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
                 config.hydra.job.num = idx
             run_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
             ending = _wait_for(job, run_dir)
-            told.append(settle(run_dir, ending))
-            returns.append(returned(ending, overrides, config, told[-1]))
-        return end_of_sweep(self.config, told, sweep_dir, returns)
+            endings.append(record_ending(run_dir, ending))
+            returns.append(returned(ending, overrides, config, endings[-1]))
+        return end_of_sweep(self.config, endings, sweep_dir, returns)
 
 
 # A job that left the queue writes its result within seconds; a dead one never does.
