@@ -22,9 +22,8 @@ import yaml
 from commands import run_module
 from conftest import fast_overrides
 from mlflow import MlflowClient
-from omegaconf import OmegaConf
 
-from mlp_lab import checkpoints, loggers
+from mlp_lab import loggers
 from mlp_lab.config import ConfigError
 from mlp_lab.fit import train
 from mlp_lab.loggers import run_settings
@@ -86,14 +85,6 @@ def test_no_logger_still_records_the_run(synthetic_root, tmp_path):
     for figure in FIGURES:
         assert (run_dir / figure).read_bytes()[:4] == b"\x89PNG"
     assert not (run_dir / "tensorboard").exists() and not (run_dir / "csv").exists()
-
-
-def test_a_run_saved_before_the_logger_group_resumes_with_tensorboard(tmp_path):
-    saved = OmegaConf.to_container(OmegaConf.structured(load_config("logger=none")))
-    del saved["logger"]
-    (tmp_path / ".hydra").mkdir()
-    OmegaConf.save(saved, tmp_path / ".hydra" / "config.yaml")
-    assert checkpoints.resumed_config(tmp_path, []).logger == load_config().logger
 
 
 def test_a_sweep_with_every_logger_reads_back_in_mlflow(synthetic_root, tmp_path):

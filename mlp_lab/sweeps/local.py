@@ -166,7 +166,6 @@ def run_jobs(
             os.kill(process.pid, signum)
 
     previous = signal.signal(signal.SIGTERM, stop)
-    oom_seen = _oom_kills()
     try:
         while waiting or running:
             while waiting and len(running) < n_jobs and not stopping:
@@ -179,6 +178,7 @@ def run_jobs(
                     started(index, running[index][0].pid, gpus)
             if not running:
                 break
+            oom_seen = _oom_kills()  # what the jobs that end in this wait are weighed against
             try:
                 ready = multiprocessing.connection.wait(
                     [x for p, r, _ in running.values() for x in (p.sentinel, r)]
@@ -186,16 +186,12 @@ def run_jobs(
             except KeyboardInterrupt:
                 stopping = True
                 continue
-            # The kernel's count of out-of-memory kills, once for every job that ended since the
-            # last look: two that end together are both weighed against the count before them.
-            oom_now = _oom_kills()
             for index, (process, receive, gpus) in list(running.items()):
                 if receive in ready or process.sentinel in ready:
-                    endings[index] = _reap(process, receive, oom_seen, oom_now)
+                    endings[index] = _reap(process, receive, oom_seen)
                     del running[index]
                     if pool and gpus:  # its death, too, frees its GPUs for the next job
                         pool.give_back(gpus)
-            oom_seen = oom_now
     finally:
         signal.signal(signal.SIGTERM, previous)
     return [e or Ending(started=False) for e in endings]
@@ -210,22 +206,25 @@ def _start(context, job: Callable[[], Any], threads: int, gpus: list[str] | None
     return process, receive
 
 
-def _reap(process, receive, oom_seen: int | None, oom_now: int | None) -> Ending:
+def _reap(process, receive, oom_seen: int | None) -> Ending:
     """How a job that ended (or died) ended: its result, or what it died of."""
     ending = None
     with contextlib.suppress(EOFError):  # nothing sent when it died first
         ending = Ending(result=receive.recv())
     process.join()
     receive.close()
-    ending = ending or Ending(died_of=_death(process.exitcode, oom_seen, oom_now))
+    ending = ending or Ending(died_of=_death(process.exitcode, oom_seen))
     ending.ended = time.time()
     return ending
 
 
-def _death(exitcode: int | None, oom_seen: int | None, oom_now: int | None) -> str:
+def _death(exitcode: int | None, oom_seen: int | None) -> str:
     if exitcode is not None and exitcode < 0:
-        if oom_seen is not None and (oom_now or 0) > oom_seen:
-            return "out of memory (the kernel's out-of-memory killer)"
+        # The kernel counts an out-of-memory kill after it sends the SIGKILL: look a few times.
+        for _ in range(10 if oom_seen is not None and exitcode == -signal.SIGKILL else 0):
+            if (_oom_kills() or 0) > oom_seen:
+                return "out of memory (the kernel's out-of-memory killer)"
+            time.sleep(0.05)
         return f"killed by {signal.Signals(-exitcode).name}"
     return f"exited with code {exitcode} without a result"
 
