@@ -2,6 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+comma := ,
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Datasets beside the project (../shared/data, as in CI): `make data` copies them into the data
 # root every command reads (data/, or MLP_LAB_DATA), so that nothing needs exporting after set-up.
@@ -44,44 +45,28 @@ browser:
 train: data
 	$(PY) -m mlp_lab.train $(ARGS)
 
-# The best_* experiments are single long runs, not studies of the lab; complexity (the lab's
-# question 1, 27 sizes) is as long as the rest together: `make lab STUDIES=complexity` runs it.
-STUDIES := $(filter-out best_% complexity,$(basename $(notdir $(wildcard conf/experiment/*.yaml))))
+# `make lab`: every study of conf/experiment/ (STUDIES=depth,width: some of them; STUDIES=complexity:
+# the lab's question 1, as long as the rest together) over SEEDS, in one queue (python -m mlp_lab.lab).
+STUDIES ?=
 LAB := outputs/lab
 SEEDS ?= 0,1,2,3,4
 # The XOR question's seeds: a minute and a quarter for 20.
 XOR_SEEDS ?= 20
-# A study's runs train JOBS at a time, each in a process of its own with its share of the cores
-# (LAUNCHER=joblib: Hydra's joblib workers instead, where one worker's death stops the study).
-JOBS ?= 2
-LAUNCHER ?= local
-THREADS := $(shell n=$$(( $$(nproc) / $(JOBS) )); echo $$(( n > 0 ? n : 1 )))
+# Runs at once, one thread each (default: the cores); PRECISION=32 or bf16 (default: bf16 where the
+# CPU has bf16 instructions or there is a GPU, else 32).
+JOBS ?=
+PRECISION ?=
 
-# Every study of conf/experiment/ over SEEDS, then the whole lab's report: outputs/lab/report.html.
-# Five seeds, because the report's paired 95 % interval is t·s/√n wide: 8.98 s with two seeds, 2.48 s
-# with three, 1.24 s with five (s: the spread of the per-seed differences). 27 minutes on 2 CPU cores.
-# A run that dies (killed, out of memory) is marked so and the rest go on; `make lab RESUME=1`
-# resumes what did not finish, runs the studies not started, and writes the report again.
+# Every study over SEEDS, then the whole lab's report: outputs/lab/report.html. Five seeds, because
+# the report's paired 95 % interval is t·s/√n wide: 8.98 s with two seeds, 2.48 s with three, 1.24 s
+# with five (s: the spread of the per-seed differences). A run that dies (killed, out of memory) is
+# marked so and the rest go on; `make lab RESUME=1` finishes what is left and writes the report again.
 lab: data
-	@n=$$(echo "$(SEEDS)" | tr ',' '\n' | grep -c .); [ $$n -ge 5 ] || echo "note: $$n seed(s) \
-	give fragile words (the report marks them borderline); 5 or more give firmer ones"
 	$(if $(RESUME),,rm -rf $(LAB))
-	failed=""; for study in $(STUDIES); do \
-		if [ -n "$(RESUME)" ] && [ -d $(LAB)/$$study ]; then continue; fi; \
-		$(PY) -m mlp_lab.train -m experiment=$$study seed=$(SEEDS) hydra.sweep.dir=$(LAB)/$$study \
-			hydra/launcher=$(LAUNCHER) hydra.launcher.n_jobs=$(JOBS) num_threads=$(THREADS) \
-			trainer.enable_progress_bar=false $(ARGS) || failed="$$failed $$study"; \
-	done; \
-	if [ -z "$(RESUME)" ] || [ ! -f $(LAB)/xor/xor.json ]; then \
-		$(PY) -m mlp_lab.xor xor.seed=0 xor.seeds=$(XOR_SEEDS) xor.record=$(LAB)/xor/xor.json >/dev/null || failed="$$failed xor"; \
-	fi; \
-	if [ -n "$(RESUME)" ]; then $(PY) -m mlp_lab.resume $(LAB) --jobs $(JOBS) || failed="$$failed resumed"; fi; \
-	$(PY) -m mlp_lab.report $(LAB)/*/ --out $(LAB) && \
-	echo "the report: $(LAB)/report.html; its runs in TensorBoard: make tensorboard LOGDIR=$(LAB)/tensorboard" && \
-	if [ -n "$$failed" ]; then \
-		echo "error: not every run finished:$$failed (see $(LAB)/report.md; go on with make lab RESUME=1)"; \
-		exit 1; \
-	fi
+	$(PY) -m mlp_lab.lab --out $(LAB) --seeds $(SEEDS) --xor-seeds $(XOR_SEEDS) \
+		$(if $(STUDIES),--studies $(subst $(eval) ,$(comma),$(strip $(STUDIES)))) \
+		$(if $(JOBS),--jobs $(JOBS)) $(if $(PRECISION),--precision $(PRECISION)) \
+		$(if $(RESUME),--resume) $(ARGS)
 
 # Seconds per epoch of mlp_lab, Lightning barebones, a plain torch loop and the lab's ToTensor +
 # DataLoader pipeline, side by side: the table in benchmarks/results.md, the figures in

@@ -70,7 +70,7 @@ def _positive_or_none(value: float | None) -> bool:
 @dataclass
 class DataConfig:
     name: str = MISSING
-    root: str | None = None  # None: $MLP_LAB_DATA, else data/ in the project
+    root: str | None = None  # None: $MLP_LAB_DATA, else data/ (datasets.default_root)
     batch_size: int = 256
     eval_batch_size: int = 5000  # evaluation batches are large: no gradients to keep
     val_size: int = 5000  # images held out of the official training set

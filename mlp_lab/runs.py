@@ -22,6 +22,8 @@ MONITOR = "val/acc"
 # A run on another host is taken for dead when its heartbeat (written after every epoch) is older
 # than this, or than three of its longest epochs; on this host its process is looked up instead.
 STALE_AFTER_S = 600
+# Set by the local launcher in a job's process: when it started, the start of the run's attempt.
+JOB_STARTED = "MLP_LAB_JOB_STARTED"
 
 
 class Status(enum.StrEnum):
@@ -201,6 +203,14 @@ def interrupt(run_dir: Path, why: str) -> None:
 def kill(run_dir: Path, why: str, at: float | None = None) -> None:
     """The run's process died (SIGKILL, out of memory, a lost node), seen by its launcher."""
     _end(run_dir, why, Status.KILLED, seen_from_outside=True, at=at)
+
+
+def process_ended(run_dir: Path, at: float) -> None:
+    """Its launcher saw the attempt's process end at `at`, after the figures and the loggers."""
+    record = earlier_record(run_dir)
+    if record.get("attempts") and "ended" not in record["attempts"][-1]:
+        record["attempts"][-1]["ended"] = at
+        write_record(run_dir, record)
 
 
 def attempt_times(attempt: dict) -> tuple[float, float]:

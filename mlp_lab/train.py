@@ -20,7 +20,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.mlp_lab_launcher import LocalLauncher, SlurmLauncher
+from hydra_plugins.mlp_lab_launcher import LocalLauncher, PlanLauncher, SlurmLauncher
 from hydra_plugins.mlp_lab_sweeper import OptunaSweeper
 from mlp_lab import checkpoints, cluster, directories, loggers, messages, runs
 from mlp_lab.cli import CONF_DIR, one_line_errors, override_key
@@ -44,7 +44,7 @@ def register() -> None:
     ConfigStore.instance().store(group="hydra/sweeper", name="mlp_lab", node=SweeperConfig)
     # Hydra finds plugins by listing hydra_plugins' folders, which pip's default editable install
     # hides: named here, they are found however mlp_lab is installed.
-    for plugin in (OptunaSweeper, LocalLauncher, SlurmLauncher):
+    for plugin in (OptunaSweeper, LocalLauncher, SlurmLauncher, PlanLauncher):
         Plugins.instance().register(plugin)
 
 

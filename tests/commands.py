@@ -32,6 +32,7 @@ CONTEXT.set_forkserver_preload(
         "mlp_lab.xor",
         "mlp_lab.report.write",
         "mlp_lab.resume",
+        "mlp_lab.lab",
         "mlp_lab.sweeps.local",
         "mlp_lab.sweeps.slurm",
         "mlp_lab.sweeps.search",

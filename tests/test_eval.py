@@ -170,7 +170,7 @@ def test_bad_input_is_one_error_line_and_nothing_is_written(tmp_path, other_mode
         (
             (f"ckpt={fine}", f"data.root={broken_root}", "data.download=false"),
             f"error: {cut} has 1000 bytes, expected {16 + 20 * 784} for shape [20, 28, 28] "
-            "(truncated?): delete it and run `make data`",
+            "(truncated?): delete it and run `python -m mlp_lab.data`",
         ),
     ]
     before = sorted(tmp_path.rglob("*"))

@@ -31,9 +31,9 @@ def isolated_python(root: Path, *paths: Path) -> Path:
     return venv / "bin" / "python"
 
 
-def run(python: Path, cwd: Path, *args: str) -> str:
+def run(python: Path, cwd: Path, *args: str, env: dict | None = None) -> str:
     """The command's last line of output; it must exit 0."""
-    result = subprocess.run([str(python), *args], cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run([str(python), *args], cwd=cwd, capture_output=True, text=True, env=env)
     assert result.returncode == 0, (args, result.stderr[-3000:])
     return (result.stdout.strip() or result.stderr.strip()).splitlines()[-1]
 
@@ -87,6 +87,22 @@ def test_a_wheel_carries_the_configs_and_every_command_runs_from_any_folder(
     # A console script, as pip wrote it, run by this interpreter: the XOR net's last line.
     last = run(python, home, str(target / "bin" / "mlp-lab-xor"))
     assert last.startswith("solved by the net: outputs 0, 1, 1, 0 rounded; loss ")
+    a_lab_from_an_empty_folder(python, tmp_path / "lab-home", synthetic_root, target)
+
+
+def a_lab_from_an_empty_folder(python: Path, home: Path, root: Path, site: Path) -> None:
+    """The lab's console script from an empty folder: the datasets land in its data/, as
+    torchvision's root would, never in the installed package; the report is written."""
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "MLP_LAB_DATA"}
+    line = run(python, home, "-m", "mlp_lab.data", "--from", str(root), env=env)
+    assert line == f"Fashion-MNIST: {home / 'data' / 'FashionMNIST' / 'raw'}"
+    assert not [p for p in site.rglob("*") if "ubyte" in p.name]
+    tiny = fast_overrides(root, "trainer.max_epochs=1", "model.hidden=[16]")[1:]  # no data.root
+    lab = [str(site / "bin" / "mlp-lab-lab"), "--studies", "batch_norm", "--seeds", "0"]
+    line = run(python, home, *lab, "--xor-seeds", "2", *tiny, env=env)
+    assert line.startswith("the report: outputs/lab/report.html;")
+    assert (home / "outputs" / "lab" / "report.html").is_file()
 
 
 def test_a_default_editable_install_finds_the_configs_and_the_sweeper_from_any_folder(

@@ -115,8 +115,9 @@ def layer_crossings(graph: dict[str, set[str]], layer: str) -> set[tuple[str, st
     return {(m, n) for m, names in graph.items() for n in names if inside(n) and not inside(m)}
 
 
-# The commands stand above every layer: `python -m mlp_lab.resume` resumes a sweep's runs.
-COMMANDS = ("mlp_lab.resume",)
+# The commands stand above every layer: `python -m mlp_lab.resume` resumes a sweep's runs,
+# `python -m mlp_lab.lab` trains the lab's runs and writes its report.
+COMMANDS = ("mlp_lab.resume", "mlp_lab.lab")
 
 
 def test_imports_go_one_way_between_the_layers():

@@ -157,7 +157,7 @@ def test_cli_corrupt_dataset_is_refused_before_training(synthetic_root, tmp_path
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith(f"error: {path} is not an IDX file") and "make data" in error
+    assert error.startswith(f"error: {path} is not an IDX file") and "mlp_lab.data" in error
     assert not (tmp_path / "run").exists()  # refused before any work: no run directory
 
 

@@ -1,4 +1,4 @@
-"""`hydra/launcher=local` and `slurm`, imported when used (mlp_lab/sweeps/)."""
+"""`hydra/launcher=local`, `slurm` and `plan`, imported when used (mlp_lab/sweeps/)."""
 
 import importlib
 
@@ -25,3 +25,7 @@ class LocalLauncher(_Launcher):
 
 class SlurmLauncher(_Launcher):
     module, kind = "slurm", "SlurmLauncher"
+
+
+class PlanLauncher(_Launcher):
+    module, kind = "plan", "PlanLauncher"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -78,7 +79,7 @@ def write_report(dirs: list[Path], out: Path) -> Path:
     sections = [study_section(study, out) for study in studies]
     sections += [xor_section(xor) for xor in xor_findings(dirs)]
     sections.sort(key=lambda section: section[0])
-    lines = ["# The lab's report", "", *header(studies), "", *HOW_TO_READ, ""]
+    lines = ["# The lab's report", "", *header(studies, out / "lab.json"), "", *HOW_TO_READ, ""]
     lines += [
         f"| question | our answer ({MEASURE_NAME}) | the original lab found | "
         f"agreement ({MEASURE_NAME}) |",
@@ -136,7 +137,7 @@ HOW_TO_READ = (
 )
 
 
-def header(studies: list[Study]) -> list[str]:
+def header(studies: list[Study], lab: Path) -> list[str]:
     """What ran, where, at which precision and for how long."""
     done = [run for study in studies for run in study.runs]
     n, k = len(done), len(studies)
@@ -152,12 +153,28 @@ def header(studies: list[Study]) -> list[str]:
     if attempts:
         span = max(map(runs.attempt_end, attempts)) - min(p["started"] for p in attempts)
         line += f" Wall time: {_duration(span)}, from the first run's start to the last run's end."
+        line += floor(done, span, lab)
     if len(seeds) < FIRM_SEEDS:
         line += (
             f" With {len(seeds)} seed{'s' * (len(seeds) != 1)}, many words sit on the edge of "
             f"their line (marked borderline); {FIRM_SEEDS} or more give firmer ones."
         )
     return [line]
+
+
+def floor(done: list, span: float, lab: Path) -> str:
+    """The work of the runs trained (a run shared by studies once) against the machine's floor."""
+    trained = {run.path.resolve(): run for run in done if "same_as" not in run.record}
+    work = sum((epoch_flops(r) or 0) * r.record.get("epochs", 0) for r in trained.values())
+    if not lab.is_file() or not work:
+        return ""
+    peak = json.loads(lab.read_text())["float32_matmul_gflops"]
+    least = work / (peak * 1e9)
+    return (
+        f" Work: {work / 1e12:.1f} TFLOP in {len(trained)} runs trained; at this machine's "
+        f"float32 matmul peak ({peak:.0f} GFLOP/s, measured by the lab) at least "
+        f"{_duration(least)}: the wall time is {span / least:.1f}× that floor."
+    )
 
 
 # Below this many seeds the intervals are wide enough that many words are borderline.

@@ -124,6 +124,7 @@ class Ending:
 
 
 def _child(job: Callable[[], Any], threads: int, conn, gpus: list[str] | None) -> None:
+    os.environ[runs.JOB_STARTED] = repr(time.time())
     if gpus:  # before anything in this process touches CUDA: the job sees its GPUs alone
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     import torch
@@ -151,8 +152,10 @@ def run_jobs(
     started=None,
     pool: DevicePool | None = None,
     wanted: Sequence[int] = (),
+    ended=None,
 ) -> list:
-    """Run each job in a forked process, `n_jobs` at a time; SIGTERM and Ctrl-C stop them all."""
+    """Run each job in a forked process, `n_jobs` at a time; SIGTERM and Ctrl-C stop them all.
+    `started(index, pid, gpus)` and `ended(index, ending)` are called as each starts and ends."""
     context = multiprocessing.get_context("fork")
     endings: list[Ending | None] = [None] * len(jobs)
     waiting = collections.deque(range(len(jobs)))
@@ -189,6 +192,8 @@ def run_jobs(
             for index, (process, receive, gpus) in list(running.items()):
                 if receive in ready or process.sentinel in ready:
                     endings[index] = _reap(process, receive, oom_seen)
+                    if ended:
+                        ended(index, endings[index])
                     del running[index]
                     if pool and gpus:  # its death, too, frees its GPUs for the next job
                         pool.give_back(gpus)
@@ -241,8 +246,14 @@ def record_ending(run_dir: Path, ending: Ending) -> Status:
     result = ending.result
     completed = isinstance(result, JobReturn) and result.status == JobStatus.COMPLETED
     if completed or record.get("status", Status.RUNNING) != Status.RUNNING:
+        runs.process_ended(run_dir, ending.ended)
         return runs.ending(run_dir)  # it wrote its own end (a fast_dev_run writes no record)
-    error = result._return_value if isinstance(result, JobReturn) else result
+    error = result
+    if isinstance(result, JobReturn):
+        try:
+            error = result.return_value  # raises the job's exception: the job failed
+        except Exception as raised:  # noqa: BLE001  (whatever the job raised is its error)
+            error = raised
     reason = first_line(error)
     runs.fail(run_dir, f"{type(error).__name__}: {reason}", seen_from_outside=True)
     return Status.FAILED
