@@ -63,7 +63,7 @@ PRECISION ?=
 # marked so and the rest go on; `make lab RESUME=1` finishes what is left and writes the report again.
 lab: data
 	$(if $(RESUME),,rm -rf $(LAB))
-	$(PY) -m mlp_lab.lab --out $(LAB) --seeds $(SEEDS) --xor-seeds $(XOR_SEEDS) \
+	@$(PY) -m mlp_lab.lab --out $(LAB) --seeds $(SEEDS) --xor-seeds $(XOR_SEEDS) \
 		$(if $(STUDIES),--studies $(subst $(eval) ,$(comma),$(strip $(STUDIES)))) \
 		$(if $(JOBS),--jobs $(JOBS)) $(if $(PRECISION),--precision $(PRECISION)) \
 		$(if $(RESUME),--resume) $(ARGS)

@@ -13,9 +13,11 @@ import importlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -26,8 +28,6 @@ from mlp_lab.config import TrainConfig
 from mlp_lab.loggers import flatten, is_logistics
 from mlp_lab.report.write import write_report
 from mlp_lab.sweeps import local
-
-log = logging.getLogger(__name__)
 
 # Single long runs and the 27 sizes of the lab's question 1 are not studies of the lab's report:
 # `--studies complexity` runs the latter.
@@ -119,6 +119,7 @@ def link_same(copy: Path, original: Path) -> None:
     record = runs.read_record(original)
     record["config"] = saved_config(copy)
     record["same_as"] = os.path.relpath(original, copy)
+    record.pop("prefix_of", None)
     if "checkpoint" in record:
         record["checkpoint"] = os.path.relpath(original / record["checkpoint"], copy)
     runs.write_record(copy, record)
@@ -148,14 +149,8 @@ def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
 
 
-def train_queue(out: Path, jobs: int | None, extra: list[Callable[[], None]]) -> bool:
-    """Train every unfinished run under `out` once per distinct run, longest first, then the
-    `extra` jobs; the others become the run trained with their settings and seed. Whether all
-    ended well."""
-    todo, left = resume.unfinished(out)
-    for line in left:
-        print(f"left alone: {line}")
-    finished = [d for d in directories.find_runs(out) if _ended(d)]
+def distinct(todo: list[Path], finished: list[Path]) -> tuple[list[Path], list[tuple[Path, Path]]]:
+    """The runs to train, and (copy, original) for each run the same as another."""
     keys = {training_key(runs.read_record(d)["config"]): d for d in reversed(finished)}
     train, same = [], []
     for run_dir in todo:
@@ -165,34 +160,109 @@ def train_queue(out: Path, jobs: int | None, extra: list[Callable[[], None]]) ->
         else:
             keys[key] = run_dir
             train.append(run_dir)
+    return train, same
+
+
+def chains(train: list[Path]) -> list[list[Path]]:
+    """The runs to train grouped shortest first, each group's runs the first epochs of its last:
+    the same settings but their length, none tied to it (no schedule, no early stopping)."""
+    groups: dict[str, list[Path]] = {}
+    for run_dir in train:
+        config = saved_config(run_dir)
+        stops_early = config["callbacks"]["early_stopping"] is not None
+        free = config["optimizer"]["schedule"] == "none" and not stops_early
+        fresh = not (run_dir / runs.RECORD).is_file()  # a run begun alone finishes alone
+        config["trainer"]["max_epochs"] = None
+        key = training_key(config) if free and fresh else str(run_dir)
+        groups.setdefault(key, []).append(run_dir)
+    epochs = {d: saved_config(d)["trainer"]["max_epochs"] for d in train}
+    return [sorted(group, key=epochs.__getitem__) for group in groups.values()]
+
+
+def chain_job(chain: list[Path], threads: int) -> Callable[[], None]:
+    """Train the chain's last run, stopping at each shorter run's length to copy it: resuming is
+    exact, so each is the run it would be trained alone."""
+    last = chain[-1]
+    if len(chain) == 1:  # trained in the queue's own process, no fork between
+        return quiet(resume.resume_job(last), last / "console.log")
+
+    def run() -> None:
+        for run_dir in chain:
+            epochs = saved_config(run_dir)["trainer"]["max_epochs"]
+            step = command(
+                "mlp_lab.train", f"resume={last}", "trainer.enable_progress_bar=false",
+                f"trainer.max_epochs={epochs}",
+            )  # fmt: skip
+            (ending,) = local.run_jobs([quiet(step, last / "console.log")], 1, threads)
+            if not local.record_ending(last, ending).ended:
+                return
+            if run_dir != last:
+                copy_prefix(last, run_dir)
+
+    return run
+
+
+def copy_prefix(run: Path, prefix: Path) -> None:
+    """`prefix`'s files and record: those of `run` as it stands, trained for `prefix`'s epochs."""
+    for item in run.iterdir():
+        if item.name in (".hydra", "console.log", "train.log"):
+            continue
+        if item.is_dir():
+            shutil.copytree(item, prefix / item.name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(item, prefix / item.name)
+    record = runs.read_record(prefix)
+    record["config"] = saved_config(prefix)
+    record["prefix_of"] = os.path.relpath(run, prefix)
+    runs.write_record(prefix, record)
+
+
+def train_queue(out: Path, jobs: int | None, extra: list[Callable[[], None]]) -> bool:
+    """Train every unfinished run under `out` once per distinct run, longest first, then the
+    `extra` jobs; the others become the run trained with their settings and seed. Whether all
+    ended well."""
+    todo, left = resume.unfinished(out)
+    for line in left:
+        print(f"left alone: {line}")
+    finished = [d for d in directories.find_runs(out) if _ended(d)]
+    train, same = distinct(todo, finished)
     costs = {d: cost(saved_config(d)) for d in train}
-    train.sort(key=costs.__getitem__, reverse=True)
-    n_jobs, threads = local.job_shares(jobs, 1)
+    queue = sorted(chains(train), key=lambda chain: costs[chain[-1]], reverse=True)
+    gpus = local.pool_devices("auto")  # on a machine with GPUs the queue feeds the device pool
+    pool = local.DevicePool(gpus, per_device=4) if gpus else None
+    n_jobs, threads = local.job_shares(jobs or (len(gpus) * 4 if gpus else None), 1)
+    measured = json.loads((out / LAB_RECORD).read_text())
+    peak = measured.get("bfloat16_matmul_gflops") or measured["float32_matmul_gflops"]
+    floor = sum(6 * costs[c[-1]] for c in queue) / (peak * 1e9)  # 3 passes, 2 FLOPs a mul-add
     print(
-        f"lab: {len(todo) + len(finished)} runs under {out}: {len(train)} to train, "
-        f"{len(same)} the same as another (trained once), {len(finished)} done already; "
-        f"{n_jobs} at a time, {threads} thread{'s' * (threads > 1)} each",
+        f"lab: {len(todo) + len(finished)} runs under {out}: {len(train)} to train "
+        f"({len(train) - len(queue)} as the first epochs of a longer one), {len(same)} the "
+        f"same as another (trained once), {len(finished)} done already; {n_jobs} at a time, "
+        f"{threads} thread{'s' * (threads > 1)} each; at least {_minutes(floor)} at this "
+        "machine's matmul peak (the lines below estimate the end)",
         flush=True,
     )
     for copy, original in same:
         if original in finished:
             link_same(copy, original)
-    progress = Progress(out, [costs[d] for d in train], len(same))
+    progress = Progress(out, [costs[c[-1]] for c in queue], len(same))
     ok = [True]
 
     def ended(index: int, ending: local.Ending) -> None:
-        if index >= len(train):
+        if index >= len(queue):
             ok[0] &= _planned(ending) and getattr(ending.result, "code", 0) in (0, None)
             return
-        status = local.record_ending(train[index], ending)
+        chain = queue[index]
+        status = local.record_ending(chain[-1], ending)
         for copy, original in same:
-            if original == train[index] and status.ended:
+            if original in chain and _ended(original):
                 link_same(copy, original)
-        progress.ended(train[index], status, index)
+        progress.ended(chain[-1], status, index)
 
-    # The short extra jobs last: they fill the tail, where one run is left and a core idles.
-    queue = [quiet(resume.resume_job(d), d / "console.log") for d in train]
-    local.run_jobs([*queue, *extra], n_jobs, threads, ended=ended)
+    # The short extra jobs (XOR) last: they fill the tail, where one run is left and a core idles.
+    jobs_ = [chain_job(chain, threads) for chain in queue]
+    wanted = [1] * len(queue) + [0] * len(extra)
+    local.run_jobs([*jobs_, *extra], n_jobs, threads, pool=pool, wanted=wanted, ended=ended)
     return ok[0] and all(_ended(d) for d in directories.find_runs(out))
 
 
@@ -201,7 +271,8 @@ def _ended(run_dir: Path) -> bool:
     return bool(record) and runs.status(record).ended
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, its studies and folder checked."""
     parser = argparse.ArgumentParser(
         prog="python -m mlp_lab.lab",
         description=__doc__,
@@ -221,33 +292,39 @@ def main(argv: list[str] | None = None) -> int:
         help="auto (default): bf16-mixed on a GPU or a CPU with bf16 instructions, else float32",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     known = lab_studies()
-    studies = args.studies.split(",") if args.studies else known
-    unknown = sorted(set(studies) - {*known, *NOT_IN_THE_LAB})
+    args.studies = args.studies.split(",") if args.studies else known
+    unknown = sorted(set(args.studies) - {*known, *NOT_IN_THE_LAB})
     if unknown:
         parser.exit(2, f"error: --studies {','.join(unknown)}: use some of {','.join(known)}\n")
     if args.out.exists() and not args.resume:
         parser.exit(
             2, f"error: {args.out} holds a lab: --resume finishes it, or give a new --out\n"
         )
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     seeds = [s for s in args.seeds.split(",") if s]
     if len(seeds) < 5:
         print(
             f"note: {len(seeds)} seed(s) give fragile words (the report marks them borderline); "
             "5 or more give firmer ones"
         )
-    new = [study for study in studies if not (args.out / study).is_dir()]
+    new = [study for study in args.studies if not (args.out / study).is_dir()]
     precision = lab_precision(args.precision)
     print(f"precision: {precision} ({args.precision})")
-    overrides = [f"trainer.precision={precision}", *args.overrides]
-    refused = plan(new, args.seeds, args.out, overrides)
+    refused = plan(new, args.seeds, args.out, [f"trainer.precision={precision}", *args.overrides])
     if refused:
         print(f"error: {', '.join(refused)}: settings refused (see above)", file=sys.stderr)
         return 1
     if not (args.out / LAB_RECORD).is_file():  # measured once, apart, before any run starts
-        (peak,) = local.run_jobs([matmul_peak], 1, os.cpu_count() or 1)
-        record = {"machine": cluster.machine(), "float32_matmul_gflops": round(peak.result, 1)}
+        dtypes = ["float32", *(["bfloat16"] if precision.startswith("bf16") else [])]
+        peaks = local.run_jobs([partial(matmul_peak, t) for t in dtypes], 1, os.cpu_count() or 1)
+        record = {f"{t}_matmul_gflops": p.result for t, p in zip(dtypes, peaks, strict=True)}
+        record = {"machine": cluster.machine(), "precision": precision, **record}
         (args.out / LAB_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     xor = args.out / XOR / "xor.json"
     extra = [] if xor.is_file() else [_xor(xor, args.xor_seeds)]
@@ -261,27 +338,25 @@ def main(argv: list[str] | None = None) -> int:
         f"tensorboard --logdir {args.out / 'tensorboard'}"
     )
     if not ok:
-        print(
-            f"error: not every run finished: python -m mlp_lab.lab --resume --out {args.out}",
-            file=sys.stderr,
-        )
+        resume = f"python -m mlp_lab.lab --resume --out {args.out}"
+        print(f"error: not every run finished: {resume}", file=sys.stderr)
     return 0 if ok else 1
 
 
-def matmul_peak() -> float:
-    """This machine's float32 matmul rate on all its cores, GFLOP/s, at the MLP's first layer's
+def matmul_peak(dtype: str = "float32") -> float:
+    """This machine's matmul rate in `dtype` on all its cores, GFLOP/s, at the MLP's first layer's
     shapes (batch 1024) and a 2048 square: the best of 10 of each."""
     import torch
 
     best = 0.0
     for m, k, n in ((1024, 784, 256), (2048, 2048, 2048)):
-        a, b = torch.randn(m, k), torch.randn(k, n)
+        a, b = (torch.randn(*shape).to(getattr(torch, dtype)) for shape in ((m, k), (k, n)))
         torch.mm(a, b)
         for _ in range(10):
             start = time.perf_counter()
             torch.mm(a, b)
             best = max(best, 2 * m * k * n / (time.perf_counter() - start) / 1e9)
-    return best
+    return round(best, 1)
 
 
 def lab_precision(asked: str) -> str:

@@ -163,17 +163,20 @@ def header(studies: list[Study], lab: Path) -> list[str]:
 
 
 def floor(done: list, span: float, lab: Path) -> str:
-    """The work of the runs trained (a run shared by studies once) against the machine's floor."""
-    trained = {run.path.resolve(): run for run in done if "same_as" not in run.record}
-    work = sum((epoch_flops(r) or 0) * r.record.get("epochs", 0) for r in trained.values())
+    """The work of the runs trained (not those read from another) against the machine's floor."""
+    read = ("same_as", "prefix_of")
+    trained = [run for run in done if not any(key in run.record for key in read)]
+    work = sum((epoch_flops(r) or 0) * r.record.get("epochs", 0) for r in trained)
     if not lab.is_file() or not work:
         return ""
-    peak = json.loads(lab.read_text())["float32_matmul_gflops"]
+    measured = json.loads(lab.read_text())
+    dtype = "bfloat16" if measured.get("bfloat16_matmul_gflops") else "float32"
+    peak = measured[f"{dtype}_matmul_gflops"]
     least = work / (peak * 1e9)
     return (
-        f" Work: {work / 1e12:.1f} TFLOP in {len(trained)} runs trained; at this machine's "
-        f"float32 matmul peak ({peak:.0f} GFLOP/s, measured by the lab) at least "
-        f"{_duration(least)}: the wall time is {span / least:.1f}× that floor."
+        f" Work: {work / 1e12:.1f} TFLOP in the {len(trained)} runs trained (the others read "
+        f"from them); at this machine's {dtype} matmul peak ({peak:.0f} GFLOP/s, measured by the "
+        f"lab) at least {_duration(least)}: the wall time is {span / least:.1f}× that floor."
     )
 
 
