@@ -318,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"precision: {precision} ({args.precision})")
     refused = plan(new, args.seeds, args.out, [f"trainer.precision={precision}", *args.overrides])
     if refused:
+        if not args.resume:  # a new lab's folder, nothing trained in it: as it was found
+            shutil.rmtree(args.out, ignore_errors=True)
+            directories.remove_empty(args.out.parent)
         print(f"error: {', '.join(refused)}: settings refused (see above)", file=sys.stderr)
         return 1
     if not (args.out / LAB_RECORD).is_file():  # measured once, apart, before any run starts

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import NoReturn
 
@@ -147,10 +148,19 @@ def fits_machine(trainer: TrainerConfig) -> None:
     check("precision", not slower, f"{slower}; use trainer=default (32-true) here")
 
 
+def main() -> float:
+    """Entry point; a command refused while its config composes leaves no directory it claimed."""
+    try:
+        return run()
+    except SystemExit:
+        directories.release_unused(Path(os.devnull))  # empty ones alone: a run's files stay
+        raise
+
+
 @one_line_errors("mlp_lab.train", TrainConfig)
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> float:
-    """Entry point; returns the best validation accuracy for Hydra's sweepers."""
+def run(cfg: DictConfig) -> float:
+    """The run or sweep; returns the best validation accuracy for Hydra's sweepers."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN

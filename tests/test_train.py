@@ -249,8 +249,10 @@ def test_sigterm_then_resume_ends_as_an_uninterrupted_run(synthetic_root, tmp_pa
 def test_stopped_in_its_first_epoch_a_run_says_nothing_is_saved_and_starts_again(
     synthetic_root, tmp_path
 ):
-    # Validation one image at a time makes the first epoch last a second or two.
-    slow = ["data.val_size=1000", "data.eval_batch_size=1", "trainer.max_epochs=2"]
+    # Batches of two images and validation one at a time make the first epoch last seconds, so the
+    # signal lands in it even on a loaded machine (0.3 s after fit began was once too late in CI).
+    slow = ["data.val_size=1000", "data.eval_batch_size=1", "data.batch_size=2"]
+    slow.append("trainer.max_epochs=2")
     run = tmp_path / "run"
     proc = Command("mlp_lab.train", *fast_overrides(synthetic_root, *slow), f"hydra.run.dir={run}")
     deadline = time.monotonic() + 120
